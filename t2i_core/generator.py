@@ -1,0 +1,117 @@
+"""Generator: (noise z, text) -> RGB image in [-1, 1], in one forward pass.
+
+The text conditions it twice: the sentence vector (with z) is mapped to a style w that modulates every
+block, and image features cross-attend to the per-token states in Transformer blocks.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from .layers import CrossAttentionBlock, GBlock
+
+
+class Generator(ModelMixin, ConfigMixin):
+    """Text-conditioned GAN generator.
+
+    Config: resolution (power of two >= 8), z_dim, w_dim, text_dim (token state width), pooled_dim (sentence vector
+    width), channels (one per resolution from 4x4 up to `resolution`), attention_resolutions (where the
+    cross-attention blocks sit), heads, num_mean_samples (z samples that define a prompt's mean style).
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        resolution: int = 64,
+        z_dim: int = 64,
+        w_dim: int = 256,
+        text_dim: int = 384,
+        pooled_dim: int = 384,
+        channels: tuple = (256, 128, 64, 32, 16),
+        attention_resolutions: tuple = (8, 16),
+        heads: int = 4,
+        num_mean_samples: int = 64,
+    ):
+        super().__init__()
+        n_up = int(math.log2(resolution)) - 2
+        if 2 ** (n_up + 2) != resolution or n_up < 1:
+            raise ValueError(f"resolution must be a power of two >= 8, got {resolution}")
+        if len(channels) != n_up + 1:
+            raise ValueError(f"channels needs {n_up + 1} entries (4x4 up to {resolution}x{resolution}), got {len(channels)}")
+        self.text_proj = nn.Sequential(nn.Linear(pooled_dim, w_dim), nn.LeakyReLU(0.2))
+        self.mapping = nn.Sequential(
+            nn.Linear(z_dim + w_dim, w_dim), nn.LeakyReLU(0.2),
+            nn.Linear(w_dim, w_dim), nn.LeakyReLU(0.2),
+            nn.Linear(w_dim, w_dim),
+        )
+        self.input = nn.Linear(w_dim, channels[0] * 16)
+        self.blocks = nn.ModuleList()
+        self.attention = nn.ModuleDict()
+        res = 4
+        for i in range(n_up):
+            self.blocks.append(GBlock(channels[i], channels[i + 1], w_dim))
+            res *= 2
+            if res in attention_resolutions:
+                self.attention[str(res)] = CrossAttentionBlock(channels[i + 1], text_dim, res, heads)
+        self.to_rgb = nn.Conv2d(channels[-1], 3, 3, padding=1)
+        # A fixed set of z that defines each prompt's mean style (for truncation); fixed so that it is saved in no
+        # file yet is identical on every machine.
+        gen = torch.Generator().manual_seed(1234)
+        self.register_buffer("mean_z", torch.randn(num_mean_samples, z_dim, generator=gen), persistent=False)
+
+    def style(self, z: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """(B, z_dim), (B, pooled_dim) -> style w (B, w_dim)."""
+        z = z * torch.rsqrt(z.pow(2).mean(dim=1, keepdim=True) + 1e-8)
+        return self.mapping(torch.cat([z, self.text_proj(pooled)], dim=1))
+
+    def mean_style(self, pooled: torch.Tensor) -> torch.Tensor:
+        """Each prompt's mean style over the fixed z set: (B, pooled_dim) -> (B, w_dim)."""
+        b, k = pooled.shape[0], self.mean_z.shape[0]
+        z = self.mean_z.to(pooled.dtype).repeat(b, 1)
+        return self.style(z, pooled.repeat_interleave(k, dim=0)).view(b, k, -1).mean(dim=1)
+
+    def synthesis(self, w: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Style (B, w_dim) + token states (B, L, D), mask (B, L) -> image (B, 3, R, R) in [-1, 1]."""
+        x = self.input(w).view(w.shape[0], -1, 4, 4)
+        for block in self.blocks:
+            x = block(x, w)
+            key = str(x.shape[-1])
+            if key in self.attention:
+                x = self.attention[key](x, states, mask)
+        return torch.tanh(self.to_rgb(F.leaky_relu(x, 0.2)))
+
+    def forward(
+        self,
+        z: torch.Tensor,
+        states: torch.Tensor,
+        mask: torch.Tensor,
+        pooled: torch.Tensor,
+        truncation: float = 1.0,
+        guidance: float = 1.0,
+        null_pooled: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """z (B, z_dim), states (B, L, text_dim), mask (B, L) bool, pooled (B, pooled_dim) -> (B, 3, R, R).
+
+        truncation pulls w toward the prompt's mean style (0: one image per prompt whatever z); guidance > 1
+        pushes w away from the unconditional style of the same z (null_pooled: the empty prompt's vector, (1 or B, D)).
+        """
+        w = self.style(z, pooled)
+        if truncation != 1.0:
+            w_mean = self.mean_style(pooled)
+            w = w_mean + truncation * (w - w_mean)
+        if guidance != 1.0:
+            if null_pooled is None:
+                raise ValueError("guidance != 1 needs null_pooled, the empty prompt's sentence vector")
+            null = null_pooled.expand(pooled.shape[0], -1)
+            w_null = self.style(z, null)
+            if truncation != 1.0:
+                w_null_mean = self.mean_style(null[:1]).expand_as(w_null)
+                w_null = w_null_mean + truncation * (w_null - w_null_mean)
+            w = w_null + guidance * (w - w_null)
+        return self.synthesis(w, states, mask)

