@@ -109,3 +109,16 @@ def reconstruction_loss(mean_image: torch.Tensor, real: torch.Tensor, scales: tu
         b = F.avg_pool2d(real, s) if s > 1 else real
         loss = loss + (a.float() - b.float()).abs().flatten(1).mean(1)
     return loss / len(scales)
+
+
+def color_distribution_loss(fake: torch.Tensor, real: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
+    """Per-sample sliced Wasserstein distance (B,) between the pixel colours of a fake and of its caption's real image.
+
+    Colours are projected on K directions (K, 3) and sorted, so the loss asks for the right amount of each colour
+    *anywhere* in the image: it teaches "red" and "large" without pulling random layouts to a blurred mean
+    (plain L1 to images with objects at random places is minimised by a white image).
+    """
+    b = fake.shape[0]
+    proj_f = torch.einsum("kc,bcn->bkn", directions.to(fake.dtype), fake.float().reshape(b, 3, -1))
+    proj_r = torch.einsum("kc,bcn->bkn", directions.to(real.dtype), real.float().reshape(b, 3, -1))
+    return (proj_f.sort(dim=-1).values - proj_r.sort(dim=-1).values).abs().flatten(1).mean(1)

@@ -170,9 +170,9 @@ class T2IPipeline:
             raise ValueError(f"num_images must be an integer from 1 to {MAX_IMAGES}, got {num_images!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED):
             raise ValueError(f"seed must be an integer from 0 to {MAX_SEED} (or None for a random one), got {seed!r}")
-        if not isinstance(truncation, (int, float)) or not 0.0 <= truncation <= 2.0 or math.isnan(truncation):
+        if isinstance(truncation, bool) or not isinstance(truncation, (int, float)) or not 0.0 <= truncation <= 2.0 or math.isnan(truncation):
             raise ValueError(f"truncation must be a number from 0 (typical image) to 2 (more varied), got {truncation!r}")
-        if not isinstance(guidance, (int, float)) or not 0.0 <= guidance <= 10.0 or math.isnan(guidance):
+        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0.0 <= guidance <= 10.0 or math.isnan(guidance):
             raise ValueError(f"guidance must be a number from 0 to 10 (1 = plain text conditioning), got {guidance!r}")
         return [p.strip() for p in prompts]
 
@@ -203,7 +203,8 @@ class T2IPipeline:
         if seed is None:
             seed = random.randint(0, MAX_SEED)
         all_prompts = [p for p in prompts for _ in range(num_images)]
-        all_seeds = [seed + k for _ in prompts for k in range(num_images)]
+        # Seeds stay in 0..2**32-1: image k uses seed + k, wrapping past the top.
+        all_seeds = [(seed + k) % (MAX_SEED + 1) for _ in prompts for k in range(num_images)]
         images = []
         for start in range(0, len(all_prompts), batch_size):
             chunk = slice(start, start + batch_size)
@@ -242,7 +243,7 @@ class T2IPipeline:
             seed = random.randint(0, MAX_SEED)
         keys = prompts if len(prompts) > 1 else prompts * max(2, walk_keyframes)
         text = self.encode(keys)
-        z = noise_for_seeds([seed + i for i in range(len(keys))], self.generator.config.z_dim).to(self.device, self.dtype)
+        z = noise_for_seeds([(seed + i) % (MAX_SEED + 1) for i in range(len(keys))], self.generator.config.z_dim).to(self.device, self.dtype)
         out = []
         for j in range(frames):
             u = j / (frames - 1) * (len(keys) - 1)

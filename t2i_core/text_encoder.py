@@ -104,6 +104,7 @@ class TextEncoder(nn.Module):
         self.model.eval().requires_grad_(False)
         self.cache_size = cache_size
         self._cache: OrderedDict[str, TextEmbedding] = OrderedDict()
+        self._too_long: dict[str, int] = {}  # cached prompts that were truncated -> their token count
 
     def train(self, mode: bool = True) -> "TextEncoder":
         # Frozen by design: whatever the caller asks, stay in eval mode.
@@ -115,14 +116,10 @@ class TextEncoder(nn.Module):
 
     @torch.no_grad()
     def _encode_uncached(self, prompts: list[str]) -> list[TextEmbedding]:
-        full = self.tokenizer(prompts, padding=False, truncation=False)["input_ids"]
+        full = self.tokenizer(prompts, padding=False, truncation=False, verbose=False)["input_ids"]
         for prompt, ids in zip(prompts, full):
             if len(ids) > self.max_length:
-                warnings.warn(
-                    f"Prompt of {len(ids)} tokens is longer than the text encoder's limit of {self.max_length}; "
-                    f"it was truncated: {prompt[:60]!r}...",
-                    stacklevel=3,
-                )
+                self._too_long[prompt] = len(ids)
         batch = self.tokenizer(
             prompts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         ).to(self.device)
@@ -152,10 +149,17 @@ class TextEncoder(nn.Module):
                 self._cache[prompt] = emb
         for prompt in prompts:
             self._cache.move_to_end(prompt)
+            if prompt in self._too_long:  # warn on every use, cached or not
+                warnings.warn(
+                    f"Prompt of {self._too_long[prompt]} tokens is longer than the text encoder's limit of "
+                    f"{self.max_length}; it was truncated: {prompt[:60]!r}...",
+                    stacklevel=2,
+                )
         items = [self._cache[p] for p in prompts]
         while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+            self._too_long.pop(self._cache.popitem(last=False)[0], None)
         return TextEmbedding.cat(items)
 
     def clear_cache(self) -> None:
         self._cache.clear()
+        self._too_long.clear()

@@ -24,11 +24,13 @@ from safetensors.torch import load_file, save_file
 
 from .discriminator import Discriminator
 from .generator import Generator
-from .losses import AugmentParams, d_hinge_loss, diff_augment, g_hinge_loss, r1_penalty, reconstruction_loss
+from .losses import (AugmentParams, color_distribution_loss, d_hinge_loss, diff_augment, g_hinge_loss, r1_penalty,
+                     reconstruction_loss)
 from .pipeline import PRECISIONS, check_model_folder, default_model_path, read_model_index, save_model_folder, to_pil
 from .text_encoder import DEFAULT_TEXT_ENCODER, TextEmbedding
 
 CHECKPOINT_PREFIX = "checkpoint-"
+RECIPES = Path(__file__).resolve().parent / "recipes"  # named configs, e.g. --config emoji64_cpu
 
 
 @dataclass
@@ -55,6 +57,7 @@ class TrainConfig:
     r1_gamma: float = 0.1
     r1_every: int = 4  # lazy regularisation
     rec_weight: float = 1.0  # mean-image reconstruction; 0 where images of one caption vary a lot
+    color_weight: float = 1.0  # position-free colour match of every sample to its caption's image
     augment: bool = True
     ema_halflife_images: float = 5000.0
     ema_rampup: float = 0.05
@@ -189,15 +192,12 @@ class PairData:
 def build_models(cfg: TrainConfig, text_dim: int, pooled_dim: int) -> tuple[Generator, Discriminator, str]:
     """Fresh models (init none) or the ones in a model folder (init default / PATH). Returns G, D, text encoder id."""
     if cfg.init == "none":
-        g_kw = {"channels": cfg.g_channels} if cfg.g_channels else {}
-        d_kw = {"channels": cfg.d_channels} if cfg.d_channels else {}
-        if not g_kw and cfg.resolution != 64:
-            n = int(math.log2(cfg.resolution)) - 1
-            g_kw = {"channels": tuple(max(32, 256 >> max(0, i - 1)) for i in range(n))}
-            d_kw = {"channels": tuple(reversed(g_kw["channels"]))}
+        # Default widths: 256 at 4x4, halving at each doubling (min 16), so every stage costs about the same.
+        widths = tuple(max(16, 256 >> i) for i in range(int(math.log2(cfg.resolution)) - 1))
         torch.manual_seed(cfg.seed)
-        g = Generator(resolution=cfg.resolution, text_dim=text_dim, pooled_dim=pooled_dim, **g_kw)
-        d = Discriminator(resolution=cfg.resolution, pooled_dim=pooled_dim, **d_kw)
+        g = Generator(resolution=cfg.resolution, text_dim=text_dim, pooled_dim=pooled_dim,
+                      channels=cfg.g_channels or widths)
+        d = Discriminator(resolution=cfg.resolution, pooled_dim=pooled_dim, channels=cfg.d_channels or widths[::-1])
         return g, d, cfg.text_encoder
     path = default_model_path() if cfg.init == "default" else Path(cfg.init)
     if cfg.init == "default" and not (path / "model_index.json").is_file():
@@ -349,12 +349,15 @@ class Trainer:
             "z_d": torch.randn(b, self.g.config.z_dim, generator=gen),
             "z_g": torch.randn(b, self.g.config.z_dim, generator=gen),
             "aug": [AugmentParams.draw(b, res, gen) for _ in range(4)] if cfg.augment else [None] * 4,
+            "directions": torch.nn.functional.normalize(torch.randn(16, 3, generator=gen), dim=1),
         }
         real = self.data.images[idx[part]].to(self.device).float() / 127.5 - 1
         out = {"real": real.contiguous(memory_format=torch.channels_last)}
         for k, v in batch.items():
             if k == "aug":
                 out[k] = [a[part] if a is not None else None for a in v]
+            elif k == "directions":
+                out[k] = v.to(self.device)
             else:
                 out[k] = v[part].to(self.device) if torch.is_tensor(v) else v
         return out
@@ -399,8 +402,12 @@ class Trainer:
             fake = self.g(bt["z_g"], t.states, t.mask, t.pooled)
             loss_g = g_hinge_loss(self.d(diff_augment(fake.float(), bt["aug"][2]), t.pooled).float())
             losses["g_adv"] = loss_g.item()
+            keep = bt["cap"] != self.data.null_id  # the empty caption has no image of its own
+            if cfg.color_weight > 0:
+                color = (color_distribution_loss(fake, real, bt["directions"]) * keep).mean()
+                loss_g = loss_g + cfg.color_weight * color
+                losses["color"] = color.item()
             if cfg.rec_weight > 0:
-                keep = bt["cap"] != self.data.null_id  # the empty caption has no image of its own
                 if keep.any():
                     tk = t[keep]
                     mean_img = self.g.synthesis(self.g.mean_style(tk.pooled), tk.states, tk.mask)
@@ -592,6 +599,7 @@ _HELP = {
     "r1_gamma": "R1 gradient penalty weight",
     "r1_every": "apply the R1 penalty every N steps (lazy regularisation)",
     "rec_weight": "weight of the mean-image reconstruction loss (0 when one caption has very different images)",
+    "color_weight": "weight of the position-free colour-distribution loss of each sample against its real image",
     "augment": "differentiable augmentation of D's inputs (helps small data sets)",
     "ema_halflife_images": "half-life of the generator EMA, in images",
     "ema_rampup": "EMA half-life ramp-up as a share of images seen (0 = off)",
@@ -617,7 +625,8 @@ _HELP = {
 def add_train_arguments(parser) -> None:
     import argparse
 
-    parser.add_argument("--config", help="JSON file of training options (a recipe); flags given here override it")
+    parser.add_argument("--config", help="JSON file of training options, or a recipe name in t2i_core/recipes "
+                        "(e.g. emoji64_cpu); flags given here override it")
     defaults = TrainConfig()
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -635,8 +644,11 @@ def add_train_arguments(parser) -> None:
 def config_from_args(args) -> TrainConfig:
     values = {}
     if getattr(args, "config", None):
+        path = Path(args.config)
+        if not path.is_file() and (RECIPES / f"{args.config}.json").is_file():
+            path = RECIPES / f"{args.config}.json"
         try:
-            values.update(json.loads(Path(args.config).read_text()))
+            values.update(json.loads(path.read_text()))
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"--config {args.config!r} cannot be read as JSON: {err}") from err
         values.pop("resolved", None)

