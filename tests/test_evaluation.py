@@ -1,0 +1,287 @@
+"""Evaluation metrics on features with known answers, the contrastive scorer, and the eval command end to end."""
+
+import argparse
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from t2i_core.evaluation import (
+    add_eval_arguments,
+    alignment,
+    choose_distractors,
+    diversity,
+    fd_pairing,
+    frechet_distance,
+    max_distractors,
+    pixel_diversity,
+    r_precision,
+    run_eval_command,
+)
+from t2i_core.scorer import ContrastiveScorer, ImageEncoder, contrastive_loss, shift_and_zoom, train_scorer
+
+TINY_SCORER = dict(resolution=16, channels=(8, 16), embed_dim=16)
+COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 60, 220), "orange": (250, 150, 20)}
+SHAPES = ("circle", "square", "triangle")
+TEST_EMOJI = {("orange", "circle"), ("orange", "square"), ("orange", "triangle"), ("blue", "triangle")}
+
+
+def draw_shape(colour: str, shape: str, style: str, size: int = 32) -> Image.Image:
+    image = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(image)
+    box = (size // 6, size // 6, size - size // 6, size - size // 6)
+    fill, outline = (COLOURS[colour], None) if style == "flat" else (None, COLOURS[colour])
+    width = 1 if style == "flat" else max(2, size // 10)
+    if shape == "circle":
+        draw.ellipse(box, fill=fill, outline=outline, width=width)
+    elif shape == "square":
+        draw.rectangle(box, fill=fill, outline=outline, width=width)
+    else:
+        draw.polygon([(size // 2, box[1]), (box[2], box[3]), (box[0], box[3])], fill=fill, outline=outline, width=width)
+    return image
+
+
+@pytest.fixture(scope="module")
+def shapes_corpus(tmp_path_factory):
+    """A corpus in the emoji layout: root/{train,test}/metadata.jsonl, split by "emoji" (colour + shape), 2 styles."""
+    root = tmp_path_factory.mktemp("shapes")
+    for split in ("train", "test"):
+        rows = []
+        for colour in COLOURS:
+            for shape in SHAPES:
+                if ((colour, shape) in TEST_EMOJI) != (split == "test"):
+                    continue
+                for style in ("flat", "outline"):
+                    name = f"{style}/{colour}-{shape}.png"
+                    (root / split / style).mkdir(parents=True, exist_ok=True)
+                    draw_shape(colour, shape, style).save(root / split / name)
+                    label = f"{colour} {shape}"
+                    rows.append({"file_name": name, "text": f"{label}, {style} style", "label": label,
+                                 "style": style, "emoji": f"{colour}-{shape}"})
+        (root / split / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_scorer_dir(shapes_corpus, text_encoder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("scorer") / "scorer"
+    train_scorer(shapes_corpus, out, minutes=0, max_steps=3, seed=3, text_encoder=text_encoder, threads=1,
+                 log=lambda _: None, **TINY_SCORER)
+    return out
+
+
+# Metrics.
+
+
+def unit(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(x, dim=-1)
+
+
+def test_r_precision_is_one_for_perfect_features_and_chance_for_shuffled():
+    gen = torch.Generator().manual_seed(0)
+    groups = [i // 2 for i in range(60)]  # captions come in pairs of one group, like two styles of an emoji
+    text = unit(torch.randn(60, 32, generator=gen))
+    true_idx = torch.arange(60).repeat(40)  # 2400 images
+    distractors = choose_distractors(groups, 9, seed=1)[true_idx]
+    assert r_precision(text[true_idx], text, true_idx, distractors) == 1.0
+    # Images that carry no information about their caption rank it first about 1 time in 10.
+    noise = unit(torch.randn(len(true_idx), 32, generator=gen))
+    assert abs(r_precision(noise, text, true_idx, distractors) - 0.1) < 0.03
+    # An image that matches another caption better than its own is a miss.
+    wrong = text[distractors[:, 0]]
+    assert r_precision(wrong, text, true_idx, distractors) == 0.0
+
+
+def test_choose_distractors_skips_the_same_group_and_is_deterministic():
+    groups = ["a", "a", "b", "c", "c", "d"]
+    d = choose_distractors(groups, 3, seed=5)
+    assert d.shape == (6, 3)
+    for i, row in enumerate(d.tolist()):
+        assert len(set(row)) == 3 and all(groups[j] != groups[i] for j in row)
+    assert torch.equal(d, choose_distractors(groups, 3, seed=5))
+    assert max_distractors(groups) == 4
+    with pytest.raises(ValueError):
+        choose_distractors(groups, 5)
+
+
+def test_alignment_is_100_times_mean_cosine():
+    a = unit(torch.randn(10, 8))
+    assert alignment(a, a) == pytest.approx(100.0)
+    assert alignment(a, -a) == pytest.approx(-100.0)
+    b = torch.zeros(10, 8)
+    b[:, 0] = 1
+    c = torch.zeros(10, 8)
+    c[:, 0], c[:, 1] = 1, 1
+    assert alignment(b, c) == pytest.approx(100 / math.sqrt(2))
+
+
+def test_frechet_distance_zero_for_itself_and_growing_with_shift():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(800, 8))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    shifts = [frechet_distance(a, a + s) for s in (0.25, 0.5, 1.0)]
+    assert shifts[0] < shifts[1] < shifts[2]
+    # A pure mean shift of s in every one of the 8 dimensions costs |mu|^2 = 8 s^2.
+    assert shifts[2] == pytest.approx(8.0, rel=1e-6)
+    # Against scipy's matrix square root on sets of different covariance.
+    from scipy import linalg
+
+    b = rng.normal(size=(800, 8)) @ rng.normal(size=(8, 8)) * 0.5 + 0.3
+    ca, cb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = linalg.sqrtm(ca @ cb).real
+    mu = a.mean(0) - b.mean(0)
+    expected = mu @ mu + np.trace(ca + cb - 2 * covmean)
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-5)
+
+
+def test_diversity_zero_for_identical_samples_and_one_for_orthogonal():
+    same = unit(torch.randn(5, 1, 16)).expand(5, 4, 16)
+    assert diversity(same) == pytest.approx(0.0, abs=1e-9)
+    assert diversity(torch.eye(4).expand(3, 4, 4)) == pytest.approx(1.0)
+    assert math.isnan(diversity([torch.randn(1, 4)]))
+    images = torch.zeros(2, 3, 3, 8, 8)
+    assert pixel_diversity(images) == 0.0
+    images[:, 1] = 1.0  # one sample of each prompt is white, the other grey: distance 1 / 2 on a 0..1 scale
+    assert pixel_diversity(images) == pytest.approx(2 * 0.5 / 3)
+
+
+def test_fd_pairing_uses_one_sample_per_real_image_of_the_same_caption():
+    # Captions 0, 1, 1, 2, 1 with 2 samples per caption (caption-major): the second image of caption 1 gets sample 1.
+    assert fd_pairing(torch.tensor([0, 1, 1, 2, 1]), 2).tolist() == [0, 2, 3, 4, 2]
+
+
+# Scorer.
+
+
+def test_image_encoder_shapes_and_feature_maps():
+    enc = ImageEncoder(resolution=32, channels=(8, 16, 32), embed_dim=12)
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    assert enc(x).shape == (3, 12)
+    assert [tuple(m.shape) for m in enc.feature_maps(x)] == [(3, 8, 16, 16), (3, 16, 8, 8), (3, 32, 4, 4)]
+    # No batch statistics: an image's embedding does not depend on its batch.
+    torch.testing.assert_close(enc(x[:1]), enc(x)[:1], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError):
+        ImageEncoder(resolution=20, channels=(8, 16, 32))
+
+
+def test_shift_and_zoom_keeps_white_and_moves_content():
+    white = torch.ones(4, 3, 16, 16)
+    out = shift_and_zoom(white, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, white)
+    dot = -torch.ones(4, 3, 16, 16)
+    assert not torch.allclose(shift_and_zoom(dot, torch.Generator().manual_seed(0)), dot)
+
+
+def test_contrastive_loss_masks_same_group_negatives():
+    logits = torch.tensor([[5.0, 5.0, 0.0], [5.0, 5.0, 0.0], [0.0, 0.0, 5.0]])
+    groups = torch.tensor([0, 0, 1])
+    masked = contrastive_loss(logits, groups[:, None] == groups[None, :])
+    assert masked < contrastive_loss(logits) and masked < 0.02
+
+
+def test_scorer_save_load_round_trip(text_encoder, tmp_path):
+    torch.manual_seed(0)
+    scorer = ContrastiveScorer(ImageEncoder(**TINY_SCORER), text_encoder, {"seed": 7}).eval()
+    with torch.no_grad():
+        scorer.logit_scale.fill_(2.5)
+    scorer.save_pretrained(tmp_path / "s")
+    assert (tmp_path / "s" / "image_encoder" / "diffusion_pytorch_model.safetensors").is_file()
+    config = json.loads((tmp_path / "s" / "config.json").read_text())
+    assert config["text_encoder"] == text_encoder.name and config["training"]["seed"] == 7
+    loaded = ContrastiveScorer.from_pretrained(tmp_path / "s", text_encoder=text_encoder)
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    prompts = ["a red circle", "a blue square"]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_images(images), scorer.encode_images(images))
+        torch.testing.assert_close(loaded.encode_texts(prompts), scorer.encode_texts(prompts))
+        emb = loaded.encode_images(torch.rand(2, 3, 40, 40))  # other sizes are resized to the scorer's
+    assert emb.shape == (2, 16) and torch.allclose(emb.norm(dim=-1), torch.ones(2))
+    assert loaded.logit_scale.item() == 2.5
+    with pytest.raises(ValueError, match="python -m t2i_core.scorer"):
+        ContrastiveScorer.from_pretrained(tmp_path / "missing", text_encoder=text_encoder)
+
+
+def test_train_scorer_lowers_the_contrastive_loss(shapes_corpus, text_encoder):
+    scorer = train_scorer(shapes_corpus, None, minutes=0, max_steps=40, seed=0, augment=False, lr=3e-3,
+                          text_encoder=text_encoder, log_every=5, threads=1, log=lambda _: None, **TINY_SCORER)
+    history = scorer.info["loss_history"]
+    assert history[0][0] == 1 and history[-1][0] == 40 and scorer.info["steps"] == 40
+    # Every step sees the whole training split (16 images < batch size), so the losses are comparable.
+    assert history[-1][1] < 0.7 * history[0][1]
+    assert not scorer.training
+
+
+# The eval command.
+
+
+def run_eval(argv, capsys):
+    parser = argparse.ArgumentParser()
+    add_eval_arguments(parser)
+    # One thread: tiny tensors on a busy 2-core machine are many times slower with two.
+    assert run_eval_command(parser.parse_args(argv + ["--threads", "1"])) == 0
+    return capsys.readouterr().out
+
+
+def table_rows(out: str) -> dict[str, list[str]]:
+    return {line.split()[0]: line.split()[1:] for line in out.splitlines()
+            if line.split() and line.split()[0] in ("generated", "real", "retrieval", "random")}
+
+
+def test_eval_command_on_a_corpus(shapes_corpus, tiny_model_dir, tiny_scorer_dir, tmp_path, capsys):
+    out = run_eval(["--model", str(tiny_model_dir), "--data", str(shapes_corpus), "--scorer", str(tiny_scorer_dir),
+                    "--samples", "2", "--json", str(tmp_path / "r.json"), "--grid", str(tmp_path / "g.png")], capsys)
+    header = next(line for line in out.splitlines() if line.startswith("row"))
+    for column in ("images", "R@1", "alignment", "FD", "diversity", "pixel div"):
+        assert column in header
+    rows = table_rows(out)
+    assert set(rows) == {"generated", "real", "retrieval", "random"}
+    assert "only 6 distractors" in out  # 8 test captions of 4 emoji (2 styles each): 6 of other emoji
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["candidates"] == 7 and report["captions"] == 8 and report["random_row"] == "random training images"
+    for name in ("generated", "retrieval", "random"):
+        figures = report["rows"][name]
+        assert figures["images"] == 16
+        for key in ("r_precision", "alignment", "frechet_distance", "diversity", "pixel_diversity"):
+            assert math.isfinite(figures[key]), (name, key)
+    real = report["rows"]["real"]
+    assert real["images"] == 8 and real["frechet_distance"] == 0.0 and real["diversity"] is None
+    assert 0 <= real["r_precision"] <= 1 and math.isfinite(real["alignment"])
+    assert rows["real"][-2:] == ["n/a", "n/a"]
+    assert Image.open(tmp_path / "g.png").size == (8 * 16, 16)  # 8 captions, first sample each, 16 px, 8 a row
+
+
+def test_eval_command_with_free_form_prompts(shapes_corpus, tiny_model_dir, tiny_scorer_dir, tmp_path, capsys):
+    prompts = tmp_path / "p.jsonl"
+    words = ["a red ball", "a green box", "a blue kite", "an orange star", "a purple moon"]
+    prompts.write_text("".join(json.dumps({"id": i, "prompt": p}) + "\n" for i, p in enumerate(words)))
+    out = run_eval(["--model", str(tiny_model_dir), "--data", str(shapes_corpus), "--prompts", str(prompts),
+                    "--scorer", str(tiny_scorer_dir), "--samples", "3", "--json", str(tmp_path / "r.json")], capsys)
+    rows = table_rows(out)
+    assert set(rows) == {"generated", "retrieval", "random"}
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["mode"] == "prompts" and report["candidates"] == 5  # distractors: the 4 other prompts
+    for name, figures in report["rows"].items():
+        assert figures["images"] == 15 and figures["frechet_distance"] is None
+        for key in ("r_precision", "alignment", "diversity", "pixel_diversity"):
+            assert math.isfinite(figures[key]), (name, key)
+    # Without a corpus (and from a .txt): no retrieval row, and the random row is noise.
+    txt = tmp_path / "p.txt"
+    txt.write_text("\n".join(words[:3]) + "\n")
+    out = run_eval(["--model", str(tiny_model_dir), "--prompts", str(txt), "--scorer", str(tiny_scorer_dir),
+                    "--samples", "1"], capsys)
+    assert set(table_rows(out)) == {"generated", "random"} and "uniform noise" in out
+
+
+def test_eval_command_errors_say_what_to_do(shapes_corpus, tiny_model_dir, tiny_scorer_dir, tmp_path):
+    parser = argparse.ArgumentParser()
+    add_eval_arguments(parser)
+    with pytest.raises(ValueError, match="python -m t2i_core.scorer"):
+        run_eval_command(parser.parse_args(["--model", str(tiny_model_dir), "--data", str(shapes_corpus),
+                                            "--scorer", str(tmp_path / "none")]))
+    with pytest.raises(ValueError, match="--data"):
+        run_eval_command(parser.parse_args(["--model", str(tiny_model_dir)]))
+    with pytest.raises(ValueError, match="does not exist"):
+        run_eval_command(parser.parse_args(["--data", str(tmp_path / "nowhere"), "--scorer", str(tiny_scorer_dir)]))
