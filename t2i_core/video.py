@@ -30,7 +30,7 @@ def check_animation_path(path: str | os.PathLike) -> Path:
 def save_animation(frames: list[Image.Image], path: str | os.PathLike, fps: int = 12) -> Path:
     """Write `frames` (PIL images of one size) to `path`, chosen by suffix; loops forever where the format can.
 
-    .webp: animated WebP, quality 90. .gif: palette GIF (Pillow merges identical consecutive frames into one longer
+    .webp: lossless animated WebP (lossy encoding merges frames that differ by a few levels). .gif: palette GIF (Pillow merges identical consecutive frames into one longer
     frame). .mp4: H.264 (libx264, yuv420p), upscaled so both sides are multiples of 16 and at least 128 px.
     Returns the path written.
     """
@@ -47,7 +47,7 @@ def save_animation(frames: list[Image.Image], path: str | os.PathLike, fps: int 
     duration_ms = round(1000 / fps)
     if suffix == ".webp":
         frames[0].save(
-            path, format="WEBP", save_all=True, append_images=frames[1:], duration=duration_ms, loop=0, quality=90, method=4
+            path, format="WEBP", save_all=True, append_images=frames[1:], duration=duration_ms, loop=0, lossless=True, method=4
         )
     elif suffix == ".gif":
         frames[0].save(path, format="GIF", save_all=True, append_images=frames[1:], duration=duration_ms, loop=0)
