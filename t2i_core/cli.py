@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .pipeline import MAX_SEED
+from . import MAX_SEED
 
 MAX_SIZE = 2048  # --size: a display upscale; larger only costs memory
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")

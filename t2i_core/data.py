@@ -73,6 +73,8 @@ class Pair:
     image: Image.Image  # RGB, already resolution x resolution
     text: str
     source: str  # relative file path or dataset row id, for reports
+    # Other captions of the same image (metadata column "alt_texts"), e.g. without the style; training may use them.
+    alt_texts: tuple[str, ...] = ()
 
 
 @dataclass
@@ -337,7 +339,7 @@ def _list_files(root: Path) -> list[str]:
 def _load_files(root: Path, options: _Options) -> tuple[list[Pair], list[tuple[str, str]]]:
     """Metadata-file and sidecar-.txt layouts; an image listed in metadata uses that caption, else its .txt."""
     files = _list_files(root)
-    listed, skipped, has_metadata = _read_all_metadata(root, files, options.caption_column)
+    listed, skipped, has_metadata, alternatives = _read_all_metadata(root, files, options.caption_column)
     file_set = set(files)
     images = {rel for rel in files if posixpath.splitext(rel)[1].lower() in IMAGE_SUFFIXES}
     image_stems = {posixpath.splitext(rel)[0] for rel in images}
@@ -379,7 +381,9 @@ def _load_files(root: Path, options: _Options) -> tuple[list[Pair], list[tuple[s
     for rel in sorted(captions):
         try:
             text = _clean_caption(captions[rel])
-            pairs.append(Pair(_load_image(root / rel, options), text, rel))
+            cleaned = (" ".join(a.split()) for a in alternatives.get(rel, ()) if isinstance(a, str))
+            alts = tuple(dict.fromkeys(a for a in cleaned if a and a != text))
+            pairs.append(Pair(_load_image(root / rel, options), text, rel, alts))
         except _Skip as reason:
             skipped.append((rel, str(reason)))
     return pairs, skipped
@@ -387,8 +391,9 @@ def _load_files(root: Path, options: _Options) -> tuple[list[Pair], list[tuple[s
 
 def _read_all_metadata(
     root: Path, files: list[str], caption_column: str
-) -> tuple[dict[str, Any], list[tuple[str, str]], bool]:
-    """Map image path -> raw caption from every metadata file; bad rows are skipped with the row as source."""
+) -> tuple[dict[str, Any], list[tuple[str, str]], bool, dict[str, list]]:
+    """Map image path -> raw caption from every metadata file; bad rows are skipped with the row as source.
+    Also returns image path -> its "alt_texts" list, where a row has one."""
     metadata_files = [rel for rel in files if posixpath.basename(rel) in METADATA_NAMES]
     folders = [posixpath.dirname(rel) for rel in metadata_files]
     for folder in set(folders):
@@ -397,6 +402,7 @@ def _read_all_metadata(
                 f"folder {folder or '.'!r} has both metadata.jsonl and metadata.csv; keep one of them."
             )
     listed: dict[str, Any] = {}
+    alternatives: dict[str, list] = {}
     origin: dict[str, str] = {}
     skipped: list[tuple[str, str]] = []
     for meta_rel in metadata_files:
@@ -419,7 +425,9 @@ def _read_all_metadata(
                 skipped.append((where, f"{rel} is already captioned by {origin[rel]}"))
             else:
                 listed[rel], origin[rel] = row[caption_column], where
-    return listed, skipped, bool(metadata_files)
+                if isinstance(row.get("alt_texts"), list):
+                    alternatives[rel] = row["alt_texts"]
+    return listed, skipped, bool(metadata_files), alternatives
 
 
 def _metadata_rows(

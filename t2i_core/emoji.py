@@ -449,6 +449,8 @@ def build_emoji_corpus(
                 {
                     "file_name": file_name,
                     "text": f"{label}, {style.replace('_', ' ')} style",
+                    # Style-free captions: prompts typed without a style then let the noise choose one.
+                    "alt_texts": [label, f"{label} emoji"],
                     "label": label,
                     "style": style,
                     "emoji": emoji.hexcode,

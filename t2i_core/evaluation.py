@@ -241,11 +241,13 @@ class RowImages:
     fd_idx: torch.Tensor | None = None
 
 
-def generated_images(pipe, captions: list[str], samples: int, seed: int, log=print) -> torch.Tensor:
+def generated_images(pipe, captions: list[str], samples: int, seed: int, log=print, truncation: float = 1.0,
+                     guidance: float = 1.0) -> torch.Tensor:
     """`samples` images per caption (image k uses seed + k), caption-major: (T * samples, 3, R, R) uint8."""
     chunk, out = 16, []
     for start in range(0, len(captions), chunk):
-        result = pipe(captions[start : start + chunk], num_images=samples, seed=seed, batch_size=64)
+        result = pipe(captions[start : start + chunk], num_images=samples, seed=seed, batch_size=64,
+                      truncation=truncation, guidance=guidance)
         out.append(pil_to_uint8(result.images))
         if start and start % (chunk * 16) == 0:
             log(f"  generated {start * samples} / {len(captions) * samples}")
@@ -310,8 +312,9 @@ def score_row(row: RowImages, feats: torch.Tensor, text_feats: torch.Tensor, dis
 
 
 def evaluate(pipe, scorer, eval_set: EvalSet, train: TrainingImages | None, samples: int = 4,
-             num_distractors: int = 99, seed: int = 0, log=print) -> dict:
-    """Score the generated, real, retrieval and random rows on `eval_set`; returns the report dict (see `format_report`)."""
+             num_distractors: int = 99, seed: int = 0, log=print, truncation: float = 1.0, guidance: float = 1.0) -> dict:
+    """Score the generated, real, retrieval and random rows on `eval_set`; returns the report dict (see `format_report`).
+    truncation and guidance are the sampling settings of the generated row."""
     notes = list(eval_set.notes)
     captions = eval_set.captions
     available = max_distractors(eval_set.groups)
@@ -329,7 +332,7 @@ def evaluate(pipe, scorer, eval_set: EvalSet, train: TrainingImages | None, samp
     rows: dict[str, RowImages] = {}
     log(f"generating {samples} image(s) for each of {k} captions")
     fd_idx = fd_pairing(eval_set.image_caption, samples) if real else None
-    rows["generated"] = RowImages(generated_images(pipe, captions, samples, seed, log),
+    rows["generated"] = RowImages(generated_images(pipe, captions, samples, seed, log, truncation, guidance),
                                   torch.arange(k).repeat_interleave(samples), fd_idx)
     if real:
         rows["real"] = RowImages(eval_set.images, eval_set.image_caption)
@@ -449,6 +452,8 @@ def add_eval_arguments(parser) -> None:
                         help="captions of other emoji each true caption is ranked against (default 99)")
     parser.add_argument("--samples", type=int, default=4, metavar="K", help="images per caption, 1..64 (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples, distractors and random row (default 0)")
+    parser.add_argument("--truncation", type=float, default=1.0, help="truncation psi of the generated samples (default 1)")
+    parser.add_argument("--guidance", type=float, default=1.0, help="guidance of the generated samples (default 1)")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="evaluate at most N captions/prompts (a seeded random subset; default all)")
     parser.add_argument("--json", default=None, metavar="OUT.json", help="also write the figures here")
@@ -521,8 +526,10 @@ def _run_eval(args, scorer_dir: Path, test_dir: Path | None, train_dir: Path | N
         print(f"encoding the training split {train_dir} for the retrieval row", flush=True)
         train = load_training_images(train_dir, scorer.resolution, pipe.text_encoder)
 
-    report = evaluate(pipe, scorer, eval_set, train, args.samples, args.num_distractors, args.seed)
+    report = evaluate(pipe, scorer, eval_set, train, args.samples, args.num_distractors, args.seed,
+                      truncation=args.truncation, guidance=args.guidance)
     report.update({"model": str(args.model or "default"), "scorer": str(scorer_dir),
+                   "truncation": args.truncation, "guidance": args.guidance,
                    "data": None if args.data is None else str(args.data),
                    "prompts": None if args.prompts is None else str(args.prompts)})
     print(format_report(report))

@@ -67,7 +67,10 @@ class Generator(ModelMixin, ConfigMixin):
 
     def style(self, z: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         """(B, z_dim), (B, pooled_dim) -> style w (B, w_dim)."""
+        # Both inputs at unit RMS: the sentence vector is L2-normalised (per-dimension values ~0.05), and left as
+        # it is, z would drown the text in the mapping's input.
         z = z * torch.rsqrt(z.pow(2).mean(dim=1, keepdim=True) + 1e-8)
+        pooled = pooled * torch.rsqrt(pooled.pow(2).mean(dim=1, keepdim=True) + 1e-8)
         return self.mapping(torch.cat([z, self.text_proj(pooled)], dim=1))
 
     def mean_style(self, pooled: torch.Tensor) -> torch.Tensor:

@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from . import MAX_SEED
 from .generator import Generator
 from .text_encoder import DEFAULT_TEXT_ENCODER, TextEmbedding, TextEncoder
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "model"
-MAX_SEED = 2**32 - 1
 MAX_IMAGES = 64
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -58,6 +58,7 @@ class TrainConfig:
     r1_every: int = 4  # lazy regularisation
     rec_weight: float = 1.0  # mean-image reconstruction; 0 where images of one caption vary a lot
     color_weight: float = 1.0  # position-free colour match of every sample to its caption's image
+    alt_caption_prob: float = 0.3  # share of samples trained on one of their image's alternative captions
     augment: bool = True
     ema_halflife_images: float = 5000.0
     ema_rampup: float = 0.05
@@ -155,21 +156,28 @@ def all_reduce_grads(params: list[torch.nn.Parameter]) -> None:
 # Data: images in memory as uint8, captions encoded once.
 
 class PairData:
-    """Images (N, 3, R, R) uint8, caption index per image, and the encoded unique captions."""
+    """Images (N, 3, R, R) uint8, caption index per image, and the encoded unique captions.
 
-    def __init__(self, images: torch.Tensor, caption_ids: torch.Tensor, captions: list[str], text: TextEmbedding):
+    alt_ids (N, A) holds each image's alternative captions (-1 = none), e.g. the emoji label without its style.
+    """
+
+    def __init__(self, images: torch.Tensor, caption_ids: torch.Tensor, captions: list[str], text: TextEmbedding,
+                 alt_ids: torch.Tensor | None = None):
         self.images, self.caption_ids, self.captions, self.text = images, caption_ids, captions, text
+        self.alt_ids = alt_ids if alt_ids is not None else torch.full((len(images), 1), -1)
 
     @classmethod
     def build(cls, pairs, text_encoder, batch: int = 256) -> "PairData":
         from .data import images_to_tensor
 
         images = ((images_to_tensor(pairs) + 1) * 127.5).round().to(torch.uint8)
-        captions = sorted({p.text for p in pairs})
+        captions = sorted({t for p in pairs for t in (p.text, *p.alt_texts)})
         index = {c: i for i, c in enumerate(captions)}
         caption_ids = torch.tensor([index[p.text] for p in pairs])
+        width = max([1] + [len(p.alt_texts) for p in pairs])
+        alt_ids = torch.tensor([[index[t] for t in p.alt_texts] + [-1] * (width - len(p.alt_texts)) for p in pairs])
         chunks = [text_encoder(captions[i : i + batch]) for i in range(0, len(captions), batch)]
-        return cls(images, caption_ids, captions, TextEmbedding.cat(chunks + [text_encoder([""])]))
+        return cls(images, caption_ids, captions, TextEmbedding.cat(chunks + [text_encoder([""])]), alt_ids)
 
     @property
     def null_id(self) -> int:
@@ -337,13 +345,19 @@ class Trainer:
         idx = self.data.batch_indices(step, cfg.batch_size, cfg.seed)
         b = len(idx)
         part = slice(self.rank * b // self.world, (self.rank + 1) * b // self.world)
-        cap = self.data.caption_ids[idx]
         drop = torch.rand(b, generator=gen) < cfg.caption_dropout
+        # Some samples train on an alternative caption; only an image's own caption fixes its pixels.
+        alts = self.data.alt_ids[idx]
+        n_alts = (alts >= 0).sum(1)
+        pick = (torch.rand(b, generator=gen) * n_alts).long().clamp(max=alts.shape[1] - 1)
+        use_alt = (torch.rand(b, generator=gen) < cfg.alt_caption_prob) & (n_alts > 0)
+        cap = torch.where(use_alt, alts.gather(1, pick[:, None]).squeeze(1), self.data.caption_ids[idx])
         g_cap = torch.where(drop, torch.full_like(cap, self.data.null_id), cap)
         mis = cap.roll(1)
         batch = {
             "idx": idx,
             "cap": g_cap,  # caption seen by G and by D's real/fake terms
+            "paired": ~drop & ~use_alt,  # the caption determines the image: pixel losses apply
             "mis": mis,
             "mis_ok": (mis != cap) & ~drop,  # a mismatched pair only counts when the captions differ
             "z_d": torch.randn(b, self.g.config.z_dim, generator=gen),
@@ -402,7 +416,7 @@ class Trainer:
             fake = self.g(bt["z_g"], t.states, t.mask, t.pooled)
             loss_g = g_hinge_loss(self.d(diff_augment(fake.float(), bt["aug"][2]), t.pooled).float())
             losses["g_adv"] = loss_g.item()
-            keep = bt["cap"] != self.data.null_id  # the empty caption has no image of its own
+            keep = bt["paired"]
             if cfg.color_weight > 0:
                 color = (color_distribution_loss(fake, real, bt["directions"]) * keep).mean()
                 loss_g = loss_g + cfg.color_weight * color
@@ -600,6 +614,7 @@ _HELP = {
     "r1_every": "apply the R1 penalty every N steps (lazy regularisation)",
     "rec_weight": "weight of the mean-image reconstruction loss (0 when one caption has very different images)",
     "color_weight": "weight of the position-free colour-distribution loss of each sample against its real image",
+    "alt_caption_prob": "share of samples trained on an alternative caption (metadata column alt_texts), if any",
     "augment": "differentiable augmentation of D's inputs (helps small data sets)",
     "ema_halflife_images": "half-life of the generator EMA, in images",
     "ema_rampup": "EMA half-life ramp-up as a share of images seen (0 = off)",

@@ -556,3 +556,13 @@ def test_load_pairs_refuses_unsafe_zip_and_leaves_no_temp_files(tmp_path, monkey
         load_pairs(archive, 8)
     assert list(scratch.iterdir()) == []
     assert not (tmp_path / "evil.txt").exists()
+
+
+def test_metadata_alt_texts_are_kept(tmp_path):
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "a.png")
+    Image.new("RGB", (8, 8), "blue").save(tmp_path / "b.png")
+    (tmp_path / "metadata.jsonl").write_text(
+        json.dumps({"file_name": "a.png", "text": "red, flat style", "alt_texts": ["red", " red  ", "", 3, "red, flat style"]})
+        + "\n" + json.dumps({"file_name": "b.png", "text": "blue"}) + "\n")
+    pairs, _ = load_pairs(tmp_path, 8)
+    assert [(p.text, p.alt_texts) for p in pairs] == [("red, flat style", ("red",)), ("blue", ())]

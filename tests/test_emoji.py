@@ -57,7 +57,8 @@ def test_layout_metadata_and_stats(corpus):
         on_disk = {p.relative_to(out / split).as_posix() for p in (out / split).rglob("*.png")}
         assert listed == on_disk
         for r in split_rows:
-            assert set(r) == {"file_name", "text", "label", "style", "emoji", "tags", "group"}
+            assert set(r) == {"file_name", "text", "alt_texts", "label", "style", "emoji", "tags", "group"}
+            assert r["alt_texts"] == [r["label"], f"{r['label']} emoji"]
             assert r["file_name"] == f"{r['style']}/{r['emoji'].lower()}.png"
             assert stats["pairs"][split][r["style"]] > 0
         for style, n in stats["pairs"][split].items():

@@ -208,3 +208,26 @@ def test_tiny_shapes_run_learns_colour(tmp_path):
     scores = shapes.score_images(images, captions)
     # Chance is 1/6 for colour; an untrained or collapsed (blank) generator scores ~0.
     assert scores["color"] >= 0.5, scores
+
+
+def test_alternative_captions_are_trained_without_pixel_losses(tmp_path):
+    from PIL import Image
+
+    for i, colour in enumerate(("red", "blue", "green", "yellow")):
+        Image.new("RGB", (16, 16), colour).save(tmp_path / f"{i}.png")
+    rows = [{"file_name": f"{i}.png", "text": f"{c} square, flat style", "alt_texts": [f"{c} square"]}
+            for i, c in enumerate(("red", "blue", "green", "yellow"))]
+    (tmp_path / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = {**TINY, "batch_size": 4, "caption_dropout": 0.0}
+    trainer = Trainer(TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), alt_caption_prob=1.0, **base))
+    assert len(trainer.data.captions) == 8
+    batch = trainer.step_batch(0)
+    chosen = {trainer.data.captions[i] for i in batch["cap"].tolist()}
+    assert chosen == {"red square", "blue square", "green square", "yellow square"}
+    assert not batch["paired"].any()
+    losses = trainer.train_step(0)
+    assert "rec" not in losses and losses["color"] == 0.0  # no image is pulled toward pixels for a style-free caption
+    trainer = Trainer(TrainConfig(data=str(tmp_path), out=str(tmp_path / "run2"), alt_caption_prob=0.0, **base))
+    batch = trainer.step_batch(0)
+    assert all(trainer.data.captions[i].endswith("flat style") for i in batch["cap"].tolist())
+    assert batch["paired"].all()
