@@ -31,7 +31,7 @@ class Modulation(nn.Module):
 
 
 class GBlock(nn.Module):
-    """Upsample x2, two modulated 3x3 convs, residual 1x1 skip. (B, C_in, H, W) -> (B, C_out, 2H, 2W)."""
+    """Upsample x2, two normalised and modulated 3x3 convs, residual 1x1 skip. (B, C_in, H, W) -> (B, C_out, 2H, 2W)."""
 
     def __init__(self, in_ch: int, out_ch: int, w_dim: int):
         super().__init__()
@@ -43,8 +43,10 @@ class GBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, scale_factor=2, mode="nearest")
-        h = F.leaky_relu(self.mod1(self.conv1(x), w), 0.2)
-        h = F.leaky_relu(self.mod2(self.conv2(h), w), 0.2)
+        # Each conv output is normalised per sample (one group: C, H, W together) before the style modulates it,
+        # so activations cannot grow block after block and saturate the output tanh (gradients then vanish).
+        h = F.leaky_relu(self.mod1(F.group_norm(self.conv1(x), 1), w), 0.2)
+        h = F.leaky_relu(self.mod2(F.group_norm(self.conv2(h), 1), w), 0.2)
         return (self.skip(x) + h) / math.sqrt(2)
 
 

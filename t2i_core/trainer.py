@@ -320,6 +320,14 @@ class Trainer:
         self.data.text = self.data.text.to(self.device)
         self.state = TrainState()
         self.autocast = PRECISIONS[cfg.precision] if cfg.precision != "fp32" else None
+        self.tensorboard = None
+        if self.rank == 0:
+            try:  # optional: needs the tensorboard package
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
+            except ImportError:
+                pass
         prompts = list(cfg.sample_prompts) or self.data.captions[:: max(1, len(self.data.captions) // 16)][:16]
         self.sample_text = self.text_encoder(prompts).to(self.device)
         self.sample_z = torch.randn(len(prompts), self.g.config.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 7))
@@ -571,6 +579,15 @@ class Trainer:
                **{k: round(v, 5) for k, v in losses.items()}}
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(rec) + "\n")
+        if self.tensorboard is not None:
+            for k, v in losses.items():
+                self.tensorboard.add_scalar(f"loss/{k}", v, self.state.step)
+            if sample:
+                import numpy as np
+                from PIL import Image
+
+                self.tensorboard.add_image("samples", np.asarray(Image.open(sample)), self.state.step, dataformats="HWC")
+            self.tensorboard.flush()
         if self.callback:
             self.callback(Progress(self.state.step, self.cfg.max_steps, losses, time.time() - start, sample, message))
 
