@@ -123,7 +123,8 @@ class T2IPipeline:
         path = check_model_folder(path)
         index = read_model_index(path)
         try:
-            generator = Generator.from_pretrained(path / "generator", use_safetensors=True, low_cpu_mem_usage=False)
+            generator = Generator.from_pretrained(path / "generator", use_safetensors=True, low_cpu_mem_usage=False,
+                                                  torch_dtype=torch.float32)
         except Exception as err:  # diffusers raises several types for a broken folder
             raise ValueError(f"The generator in {str(path)!r} cannot be loaded ({type(err).__name__}: {err}).") from err
         text_encoder = load_text_encoder(index.get("text_encoder", DEFAULT_TEXT_ENCODER))
@@ -262,13 +263,24 @@ class T2IPipeline:
         return to_pil(torch.cat(out), size)
 
 
-def save_model_folder(path, generator: Generator, text_encoder_name: str, discriminator=None) -> Path:
-    """Write model_index.json plus one config.json + safetensors folder per component."""
+def save_model_folder(path, generator: Generator, text_encoder_name: str, discriminator=None,
+                      storage_dtype: torch.dtype | None = None) -> Path:
+    """Write model_index.json plus one config.json + safetensors folder per component.
+
+    storage_dtype (e.g. torch.float16) stores the weights in that type, halving the files; loading casts back.
+    """
+    import copy
+
     from . import __version__
+
+    def save(model, folder: Path) -> None:
+        if storage_dtype is not None and storage_dtype != model.dtype:
+            model = copy.deepcopy(model).to(storage_dtype)
+        model.save_pretrained(folder, safe_serialization=True)
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    generator.save_pretrained(path / "generator", safe_serialization=True)
+    save(generator, path / "generator")
     index = {
         "_class_name": "T2IPipeline",
         "_t2i_core_version": __version__,
@@ -277,7 +289,7 @@ def save_model_folder(path, generator: Generator, text_encoder_name: str, discri
         "resolution": generator.config.resolution,
     }
     if discriminator is not None:
-        discriminator.save_pretrained(path / "discriminator", safe_serialization=True)
+        save(discriminator, path / "discriminator")
         index["discriminator"] = ["t2i_core", "Discriminator"]
     (path / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     return path

@@ -212,10 +212,13 @@ def build_models(cfg: TrainConfig, text_dim: int, pooled_dim: int) -> tuple[Gene
         raise ValueError("--init default needs the shipped model, which is missing; use --init none or --init PATH")
     check_model_folder(path)
     index = read_model_index(path)
-    g = Generator.from_pretrained(path / "generator", use_safetensors=True, low_cpu_mem_usage=False)
+    # Weights may be stored in fp16 (the shipped model is); training always starts from fp32.
+    g = Generator.from_pretrained(path / "generator", use_safetensors=True, low_cpu_mem_usage=False,
+                                  torch_dtype=torch.float32)
     if (path / "discriminator" / "config.json").is_file():
         check_model_folder(path, ("discriminator",))
-        d = Discriminator.from_pretrained(path / "discriminator", use_safetensors=True, low_cpu_mem_usage=False)
+        d = Discriminator.from_pretrained(path / "discriminator", use_safetensors=True, low_cpu_mem_usage=False,
+                                          torch_dtype=torch.float32)
     else:
         torch.manual_seed(cfg.seed)
         d = Discriminator(resolution=g.config.resolution, pooled_dim=g.config.pooled_dim)

@@ -229,3 +229,17 @@ def test_long_prompt_warns_every_time(tiny_pipe):
     for _ in range(2):  # the second call hits the text encoder's cache and must still warn
         with pytest.warns(UserWarning, match="truncated"):
             tiny_pipe(prompt, seed=0)
+
+
+def test_fp16_storage_loads_as_fp32_within_one_level(tiny_pipe, tmp_path):
+    from safetensors.torch import load_file
+
+    from t2i_core.pipeline import save_model_folder
+
+    save_model_folder(tmp_path, tiny_pipe.generator, tiny_pipe.text_encoder.name, storage_dtype=torch.float16)
+    stored = load_file(tmp_path / "generator" / "diffusion_pytorch_model.safetensors")
+    assert {t.dtype for t in stored.values()} == {torch.float16}
+    loaded = T2IPipeline.from_pretrained(tmp_path)
+    assert loaded.generator.dtype == torch.float32
+    a, b = tiny_pipe("a red apple", seed=5).images[0], loaded("a red apple", seed=5).images[0]
+    assert pixel_diff(a, b) <= 1
