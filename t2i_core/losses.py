@@ -122,3 +122,13 @@ def color_distribution_loss(fake: torch.Tensor, real: torch.Tensor, directions: 
     proj_f = torch.einsum("kc,bcn->bkn", directions.to(fake.dtype), fake.float().reshape(b, 3, -1))
     proj_r = torch.einsum("kc,bcn->bkn", directions.to(real.dtype), real.float().reshape(b, 3, -1))
     return (proj_f.sort(dim=-1).values - proj_r.sort(dim=-1).values).abs().flatten(1).mean(1)
+
+
+def mode_seeking_ratio(a: torch.Tensor, b: torch.Tensor, za: torch.Tensor, zb: torch.Tensor) -> torch.Tensor:
+    """Per-pair (B,) ratio of image distance to noise distance (MSGAN, Mao et al. 2019) for two samples of one caption.
+
+    Rewarding it keeps the generator from ignoring z (mode collapse), which pixel losses alone would encourage.
+    """
+    image = (a.float() - b.float()).abs().flatten(1).mean(1)
+    noise = (za.float() - zb.float()).abs().mean(1)
+    return image / (noise + 1e-5)

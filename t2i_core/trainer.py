@@ -24,8 +24,8 @@ from safetensors.torch import load_file, save_file
 
 from .discriminator import Discriminator
 from .generator import Generator
-from .losses import (AugmentParams, color_distribution_loss, d_hinge_loss, diff_augment, g_hinge_loss, r1_penalty,
-                     reconstruction_loss)
+from .losses import (AugmentParams, color_distribution_loss, d_hinge_loss, diff_augment, g_hinge_loss,
+                     mode_seeking_ratio, r1_penalty, reconstruction_loss)
 from .pipeline import PRECISIONS, check_model_folder, default_model_path, read_model_index, save_model_folder, to_pil
 from .text_encoder import DEFAULT_TEXT_ENCODER, TextEmbedding
 
@@ -59,6 +59,8 @@ class TrainConfig:
     rec_weight: float = 1.0  # mean-image reconstruction; 0 where images of one caption vary a lot
     color_weight: float = 1.0  # position-free colour match of every sample to its caption's image
     alt_caption_prob: float = 0.3  # share of samples trained on one of their image's alternative captions
+    diversity_weight: float = 1.0  # mode seeking: two z of one caption should give different images
+    diversity_cap: float = 0.5  # the image/noise distance ratio stops being rewarded above this
     augment: bool = True
     ema_halflife_images: float = 5000.0
     ema_rampup: float = 0.05
@@ -289,6 +291,9 @@ class Trainer:
         self.rank, self.world = dist_info()
         if cfg.batch_size % self.world:
             raise ValueError(f"batch_size {cfg.batch_size} must divide evenly over {self.world} processes")
+        if cfg.diversity_weight > 0 and (cfg.batch_size // self.world) % 2:
+            raise ValueError("the mode-seeking term pairs samples: batch_size per process must be even "
+                             "(or pass --diversity-weight 0)")
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.run_dir = Path(cfg.out)
@@ -423,11 +428,19 @@ class Trainer:
         # Update G: fool D on the caption, and (paired data) pull the prompt's mean image to the real one.
         self.d.requires_grad_(False)
         self.opt_g.zero_grad(set_to_none=True)
+        keep = bt["paired"]
+        if cfg.diversity_weight > 0:
+            # Samples 2j and 2j+1 share caption 2j (and its image) with different z, for the mode-seeking term.
+            src = torch.arange(len(real), device=real.device) // 2 * 2
+            t, real, keep = t[src], real[src], keep[src]
         with self._ctx():
             fake = self.g(bt["z_g"], t.states, t.mask, t.pooled)
             loss_g = g_hinge_loss(self.d(diff_augment(fake.float(), bt["aug"][2]), t.pooled).float())
             losses["g_adv"] = loss_g.item()
-            keep = bt["paired"]
+            if cfg.diversity_weight > 0:
+                div = mode_seeking_ratio(fake[0::2], fake[1::2], bt["z_g"][0::2], bt["z_g"][1::2])
+                loss_g = loss_g - cfg.diversity_weight * div.clamp(max=cfg.diversity_cap).mean()
+                losses["diversity"] = div.mean().item()
             if cfg.color_weight > 0:
                 color = (color_distribution_loss(fake, real, bt["directions"]) * keep).mean()
                 loss_g = loss_g + cfg.color_weight * color
@@ -635,6 +648,8 @@ _HELP = {
     "rec_weight": "weight of the mean-image reconstruction loss (0 when one caption has very different images)",
     "color_weight": "weight of the position-free colour-distribution loss of each sample against its real image",
     "alt_caption_prob": "share of samples trained on an alternative caption (metadata column alt_texts), if any",
+    "diversity_weight": "weight of the mode-seeking term (pairs of samples share a caption; 0 = off)",
+    "diversity_cap": "the mode-seeking ratio is not rewarded above this value",
     "augment": "differentiable augmentation of D's inputs (helps small data sets)",
     "ema_halflife_images": "half-life of the generator EMA, in images",
     "ema_rampup": "EMA half-life ramp-up as a share of images seen (0 = off)",
