@@ -1,23 +1,14 @@
 """The shipped default model and its recipe: the weights load offline and draw 64x64 images; the recipe trains."""
 
 import json
-from pathlib import Path
 
 import numpy as np
-import pytest
+from test_emoji import PACKAGE_DIRS
 
 from t2i_core import T2IPipeline
 from t2i_core.emoji import build_emoji_corpus
 from t2i_core.pipeline import DEFAULT_MODEL_DIR
 from t2i_core.trainer import RECIPES, TrainConfig, Trainer
-
-FIXTURE = Path(__file__).parent / "fixtures" / "emoji"
-PACKAGE_DIRS = {
-    "google": FIXTURE / "emoji-datasource-google",
-    "twitter": FIXTURE / "emoji-datasource-twitter",
-    "fluent": FIXTURE / "fluentui-emoji",
-    "captions": FIXTURE / "emojibase-data",
-}
 
 
 def test_shipped_weights_load_and_draw(monkeypatch):
