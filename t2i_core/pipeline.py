@@ -216,7 +216,10 @@ class T2IPipeline:
 
     def _generate(self, z: torch.Tensor, text: TextEmbedding, truncation: float, guidance: float) -> torch.Tensor:
         null = self.null_embedding().pooled if guidance != 1.0 else None
-        return self.generator(z, text.states, text.mask, text.pooled, truncation, guidance, null)
+        # inference_mode (cheaper than no_grad) only here: the text encoder's cached tensors must stay usable by
+        # training code that shares the encoder.
+        with torch.inference_mode():
+            return self.generator(z, text.states, text.mask, text.pooled, truncation, guidance, null)
 
     @torch.no_grad()
     def interpolate(
