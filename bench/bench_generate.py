@@ -203,6 +203,13 @@ def generate_peak_rss_mb(model: Path, out: Path) -> float:
 
 # Report.
 
+def write_json(path: Path, result: dict) -> None:
+    """Write a benchmark's figures as indented JSON (both scripts' --json)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
 def summarise(name: str, batch: int, times: list[float]) -> dict:
     p50 = statistics.median(times) * 1000
     return {"name": name, "batch": batch, "calls": len(times), "p50_ms_per_call": p50, "ms_per_image": p50 / batch,
@@ -291,9 +298,7 @@ def main() -> int:
                                "repeats": {str(b): n for b, n in base_repeats.items()},
                                "warmup": args.baseline_warmup},
                   "rows": rows, "generate_peak_rss_mb": peak_mb, "goals": goals}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        write_json(args.json, result)
     return 0
 
 

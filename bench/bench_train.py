@@ -20,7 +20,6 @@ is printed before and after: measure on an otherwise idle machine.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -32,7 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from bench_generate import baseline_unet, count_parameters, load_average, machine_info, print_machine  # noqa: E402
+from bench_generate import (  # noqa: E402
+    baseline_unet, count_parameters, load_average, machine_info, print_machine, write_json,
+)
 
 WARMUP_STEPS = 2
 DATA_PAIRS = 256
@@ -173,9 +174,7 @@ def main() -> int:
     if args.json:
         result = {"machine": info, "load_average_before": load_before, "load_average_after": load_after,
                   "resolution": 64, "data_pairs": DATA_PAIRS, "warmup_steps": WARMUP_STEPS, "rows": rows}
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {args.json}")
+        write_json(args.json, result)
     return 0
 
 
