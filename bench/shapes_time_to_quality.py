@@ -62,9 +62,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--out", default=None, help="run folder (default: a temporary one)")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="override a recipe option, e.g. shape_weight=3 (values parsed as JSON)")
     args = parser.parse_args()
 
     recipe = dict(SCRATCH if args.init == "none" else FINETUNE)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        recipe[key] = tuple(json.loads(value)) if value.startswith("[") else json.loads(value)
     if args.init not in ("none", "default"):
         recipe["init"] = args.init
     resolution = recipe.get("resolution", 64)

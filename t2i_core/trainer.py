@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from .discriminator import Discriminator
 from .generator import Generator
 from .losses import (AugmentParams, color_distribution_loss, d_hinge_loss, diff_augment, g_hinge_loss,
-                     mode_seeking_ratio, r1_penalty, reconstruction_loss)
+                     mode_seeking_ratio, r1_penalty, reconstruction_loss, spectrum_loss)
 from .pipeline import PRECISIONS, check_model_folder, default_model_path, read_model_index, save_model_folder, to_pil
 from .text_encoder import DEFAULT_TEXT_ENCODER, TextEmbedding
 
@@ -58,6 +58,7 @@ class TrainConfig:
     r1_every: int = 4  # lazy regularisation
     rec_weight: float = 1.0  # mean-image reconstruction; 0 where images of one caption vary a lot
     color_weight: float = 1.0  # position-free colour match of every sample to its caption's image
+    shape_weight: float = 0.0  # position-free shape match: Fourier amplitudes of each sample vs its real image
     alt_caption_prob: float = 0.3  # share of samples trained on one of their image's alternative captions
     diversity_weight: float = 1.0  # mode seeking: two z of one caption should give different images
     diversity_cap: float = 0.5  # the image/noise distance ratio stops being rewarded above this
@@ -445,6 +446,10 @@ class Trainer:
                 color = (color_distribution_loss(fake, real, bt["directions"]) * keep).mean()
                 loss_g = loss_g + cfg.color_weight * color
                 losses["color"] = color.item()
+            if cfg.shape_weight > 0:
+                shape = (spectrum_loss(fake, real) * keep).mean()
+                loss_g = loss_g + cfg.shape_weight * shape
+                losses["shape"] = shape.item()
             if cfg.rec_weight > 0:
                 if keep.any():
                     tk = t[keep]
@@ -647,6 +652,7 @@ _HELP = {
     "r1_every": "apply the R1 penalty every N steps (lazy regularisation)",
     "rec_weight": "weight of the mean-image reconstruction loss (0 when one caption has very different images)",
     "color_weight": "weight of the position-free colour-distribution loss of each sample against its real image",
+    "shape_weight": "weight of the position-free shape loss (Fourier amplitude spectrum of each sample against its real image)",
     "alt_caption_prob": "share of samples trained on an alternative caption (metadata column alt_texts), if any",
     "diversity_weight": "weight of the mode-seeking term (pairs of samples share a caption; 0 = off)",
     "diversity_cap": "the mode-seeking ratio is not rewarded above this value",
