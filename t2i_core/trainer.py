@@ -708,14 +708,20 @@ def config_from_args(args) -> TrainConfig:
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"--config {args.config!r} cannot be read as JSON: {err}") from err
         values.pop("resolved", None)
-    values.update({f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)})
+    given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+    values.update(given)
     if values.get("resume") and (Path(values.get("out", TrainConfig.out)) / "training_options.json").is_file():
-        # A resumed run keeps the options it started with; only budgets and cadence may change.
+        # A resumed run keeps the options it started with (not today's defaults or --config); flags given on this
+        # command line still win, and the log says which ones changed. The run folder is always the one passed.
         saved = json.loads((Path(values["out"]) / "training_options.json").read_text())
         saved.pop("resolved", None)
-        changeable = {"max_steps", "minutes", "checkpoint_every", "sample_every", "log_every", "threads", "resume"}
-        values = saved | {k: v for k, v in values.items() if k in changeable}
-        values["resume"] = True
+        quiet = {"out", "data", "resume", "max_steps", "minutes", "checkpoint_every", "sample_every", "log_every",
+                 "threads"}
+        changed = [f"{k} {saved[k]!r} -> {v!r}" for k, v in given.items()
+                   if k not in quiet and k in saved and saved[k] != (list(v) if isinstance(v, tuple) else v)]
+        if changed:
+            print("Resuming with changed options: " + ", ".join(changed), flush=True)
+        values = saved | given | {"out": values["out"], "resume": True}
     cfg = TrainConfig.from_dict(values)
     if not cfg.data:
         raise ValueError("--data is required: a folder or .zip of image-caption pairs")

@@ -182,6 +182,28 @@ def test_cli_config_file_and_flag_precedence(tmp_path):
         config_from_args(parser.parse_args(["--config", str(recipe)]))
 
 
+def test_cli_resume_keeps_saved_options_and_its_own_run_folder(tmp_path, capsys):
+    from argparse import ArgumentParser
+
+    from t2i_core.trainer import add_train_arguments, config_from_args
+
+    # A run folder copied from elsewhere: its saved options name the old folder and a recipe.
+    run = tmp_path / "copy"
+    run.mkdir()
+    saved = {"data": "x", "out": str(tmp_path / "original"), "batch_size": 16, "lr_g": 1e-3, "shape_weight": 0.0,
+             "resolved": {"pairs": 3}}
+    (run / "training_options.json").write_text(json.dumps(saved))
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"batch_size": 64}))
+    parser = ArgumentParser()
+    add_train_arguments(parser)
+    args = ["--out", str(run), "--resume", "--config", str(recipe), "--minutes", "3", "--shape-weight", "10"]
+    cfg = config_from_args(parser.parse_args(args))
+    assert cfg.out == str(run)  # never the folder the options were saved from
+    assert (cfg.batch_size, cfg.lr_g, cfg.minutes, cfg.shape_weight, cfg.resume) == (16, 1e-3, 3.0, 10.0, True)
+    assert "Resuming with changed options: shape_weight 0.0 -> 10.0" in capsys.readouterr().out
+
+
 def test_train_cli_bad_data_exits_2(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
