@@ -114,29 +114,38 @@ class TextEncoder(nn.Module):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    @torch.no_grad()
     def _encode_uncached(self, prompts: list[str]) -> list[TextEmbedding]:
-        full = self.tokenizer(prompts, padding=False, truncation=False, verbose=False)["input_ids"]
-        for prompt, ids in zip(prompts, full):
-            if len(ids) > self.max_length:
-                self._too_long[prompt] = len(ids)
+        # One character never makes more than 4 tokens (3 for MiniLM's WordPiece, whose NFD turns a Hangul syllable
+        # into 3 jamo; 4 for byte-level BPE such as CLIP's, one per UTF-8 byte). Shorter prompts cannot be truncated,
+        # so only longer ones pay for a second tokenizer pass that counts their tokens.
+        long = [p for p in prompts if 4 * len(p) > self.max_length - 2]
+        if long:
+            for prompt, ids in zip(long, self.tokenizer(long, padding=False, truncation=False, verbose=False)["input_ids"]):
+                if len(ids) > self.max_length:
+                    self._too_long[prompt] = len(ids)
         batch = self.tokenizer(
             prompts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
         ).to(self.device)
-        out = self.model(**batch)
         mask = batch["attention_mask"].bool()
-        if self.is_clip:
-            states, pooled = out.last_hidden_state, out.text_embeds
-        else:
-            states = out.last_hidden_state
-            # Masked mean pooling then L2 normalisation, as the sentence-transformers config of MiniLM says.
-            m = mask.unsqueeze(-1).to(states.dtype)
-            pooled = F.normalize((states * m).sum(1) / m.sum(1).clamp(min=1), dim=-1)
+        inputs = dict(batch)
+        if bool(mask.all()):
+            inputs.pop("attention_mask")  # no padding (e.g. one prompt): attention runs without a mask
+        with torch.inference_mode():
+            out = self.model(**inputs)
+            if self.is_clip:
+                states, pooled = out.last_hidden_state, out.text_embeds
+            else:
+                states = out.last_hidden_state
+                # Masked mean pooling then L2 normalisation, as the sentence-transformers config of MiniLM says.
+                m = mask.unsqueeze(-1).to(states.dtype)
+                pooled = F.normalize((states * m).sum(1) / m.sum(1).clamp(min=1), dim=-1)
+        # Outside inference mode, the copies below are ordinary tensors that training code can use.
         items = []
         for i in range(len(prompts)):
             n = int(mask[i].sum())
             # Each prompt keeps only its own tokens, so an entry does not depend on what it was batched with.
-            items.append(TextEmbedding(states[i : i + 1, :n].float(), mask[i : i + 1, :n], pooled[i : i + 1].float()))
+            items.append(TextEmbedding(states[i : i + 1, :n].to(torch.float32, copy=True), mask[i : i + 1, :n],
+                                       pooled[i : i + 1].to(torch.float32, copy=True)))
         return items
 
     def forward(self, prompts: list[str]) -> TextEmbedding:

@@ -243,3 +243,17 @@ def test_fp16_storage_loads_as_fp32_within_one_level(tiny_pipe, tmp_path):
     assert loaded.generator.dtype == torch.float32
     a, b = tiny_pipe("a red apple", seed=5).images[0], loaded("a red apple", seed=5).images[0]
     assert pixel_diff(a, b) <= 1
+
+
+def test_truncation_warning_near_the_limit(text_encoder):
+    import warnings
+
+    # Each Hangul syllable makes 3 WordPiece tokens (3 jamo after NFD): 85 of them and [CLS], [SEP] are 257 tokens.
+    too_long, fits = "한 " * 85, "한 " * 84
+    assert len(text_encoder.tokenizer(too_long)["input_ids"]) > text_encoder.max_length
+    text_encoder.clear_cache()
+    with pytest.warns(UserWarning, match="truncated"):
+        text_encoder([too_long])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        text_encoder([fits])
