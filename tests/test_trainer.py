@@ -214,14 +214,14 @@ def test_train_cli_bad_data_exits_2(tmp_path):
 
 
 # The small-data recipe of the shapes benchmark: a narrow 32 px model, high learning rates, the position-free
-# colour loss instead of reconstruction (objects sit anywhere, so L1 to the real image would teach white).
+# colour and shape losses instead of reconstruction (objects sit anywhere, so L1 to the real image would teach white).
 SHAPES_RECIPE = dict(init="none", resolution=32, g_channels=(64, 32, 16, 16), d_channels=(16, 16, 32, 64),
-                     precision="fp32", rec_weight=0.0, color_weight=10.0, lr_g=1e-3, lr_d=5e-4,
+                     precision="fp32", rec_weight=0.0, color_weight=10.0, shape_weight=30.0, lr_g=1e-3, lr_d=5e-4,
                      ema_halflife_images=500, batch_size=32, sample_every=10_000, checkpoint_every=10_000, seed=0)
 
 
 @pytest.mark.timeout(150)
-def test_tiny_shapes_run_learns_colour(tmp_path):
+def test_tiny_shapes_run_learns_colour_and_shape(tmp_path):
     train_dir = shapes.make_shapes_dataset(tmp_path / "train", n=600, resolution=32, relations=False)
     test_dir = shapes.make_shapes_dataset(tmp_path / "test", n=36, resolution=32, split="test")
     model = train(TrainConfig(data=str(train_dir), out=str(tmp_path / "run"), max_steps=200, **SHAPES_RECIPE))
@@ -230,6 +230,8 @@ def test_tiny_shapes_run_learns_colour(tmp_path):
     scores = shapes.score_images(images, captions)
     # Chance is 1/6 for colour; an untrained or collapsed (blank) generator scores ~0.
     assert scores["color"] >= 0.5, scores
+    # One shape drawn for every caption would score 1/3; blobs score ~0 (the checker reads shape from box fill).
+    assert scores["shape"] >= 0.45, scores
 
 
 def test_alternative_captions_are_trained_without_pixel_losses(tmp_path):
