@@ -142,17 +142,22 @@ class T2IPipeline:
         dtype = PRECISIONS[precision]
         # Only cast when needed: diffusers warns on every `.to(dtype)`, even a no-op one.
         self.generator.to(device=device, **({"dtype": dtype} if dtype != self.generator.dtype else {}))
+        # channels_last lets oneDNN convolutions skip a layout copy per layer (about 13% of the generator's time
+        # at batch 1 on the development CPU).
+        self.generator.to(memory_format=torch.channels_last)
         self.text_encoder.to(device)
         self._null = None
         return self
 
+    # From the first parameter: diffusers' ModelMixin.device/.dtype walk every submodule (about 0.2 ms each), which
+    # is measurable in a 10 ms call.
     @property
     def device(self) -> torch.device:
-        return self.generator.device
+        return next(self.generator.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.generator.dtype
+        return next(self.generator.parameters()).dtype
 
     # Inputs.
 
