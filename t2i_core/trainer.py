@@ -710,10 +710,11 @@ def config_from_args(args) -> TrainConfig:
         values.pop("resolved", None)
     given = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     values.update(given)
-    if values.get("resume") and (Path(values.get("out", TrainConfig.out)) / "training_options.json").is_file():
+    out = values.get("out", TrainConfig.out)
+    if values.get("resume") and (Path(out) / "training_options.json").is_file():
         # A resumed run keeps the options it started with (not today's defaults or --config); flags given on this
         # command line still win, and the log says which ones changed. The run folder is always the one passed.
-        saved = json.loads((Path(values["out"]) / "training_options.json").read_text())
+        saved = json.loads((Path(out) / "training_options.json").read_text())
         saved.pop("resolved", None)
         quiet = {"out", "data", "resume", "max_steps", "minutes", "checkpoint_every", "sample_every", "log_every",
                  "threads"}
@@ -721,7 +722,7 @@ def config_from_args(args) -> TrainConfig:
                    if k not in quiet and k in saved and saved[k] != (list(v) if isinstance(v, tuple) else v)]
         if changed:
             print("Resuming with changed options: " + ", ".join(changed), flush=True)
-        values = saved | given | {"out": values["out"], "resume": True}
+        values = saved | given | {"out": out, "resume": True}
     cfg = TrainConfig.from_dict(values)
     if not cfg.data:
         raise ValueError("--data is required: a folder or .zip of image-caption pairs")
