@@ -64,9 +64,22 @@ def r_precision(image_feats: torch.Tensor, text_feats: torch.Tensor, true_idx: t
     image_feats (Q, D) and text_feats (T, D), unit-norm; true_idx (Q,) long, the caption of each image;
     distractor_idx (Q, N) long, N captions of other emoji for each image. A tie counts as a miss. Chance: 1 / (N + 1).
     """
+    return float(r_precision_hits(image_feats, text_feats, true_idx, distractor_idx).float().mean())
+
+
+def r_precision_hits(image_feats: torch.Tensor, text_feats: torch.Tensor, true_idx: torch.Tensor,
+                     distractor_idx: torch.Tensor) -> torch.Tensor:
+    """Per image (Q,) bool: its true caption scores above all of its distractors (arguments as `r_precision`)."""
     true = (image_feats * text_feats[true_idx]).sum(-1)  # (Q,)
     others = torch.einsum("qd,qnd->qn", image_feats, text_feats[distractor_idx])  # (Q, N)
-    return float((true > others.max(dim=1).values).float().mean())
+    return true > others.max(dim=1).values
+
+
+def per_caption_rate(hits: torch.Tensor, caption: torch.Tensor, num_captions: int) -> list[float | None]:
+    """The share of hits (Q,) among each caption's images (caption index (Q,)); None for a caption with no image."""
+    count = torch.zeros(num_captions).index_add_(0, caption, torch.ones(len(caption)))
+    total = torch.zeros(num_captions).index_add_(0, caption, hits.float())
+    return [None if n == 0 else round(float(t / n), 4) for t, n in zip(total, count)]
 
 
 def alignment(image_feats: torch.Tensor, text_feats: torch.Tensor) -> float:
@@ -293,10 +306,12 @@ def image_features(scorer, images: torch.Tensor, batch_size: int = 256) -> torch
 
 def score_row(row: RowImages, feats: torch.Tensor, text_feats: torch.Tensor, distractors: torch.Tensor,
               real_feats: torch.Tensor | None, samples: int) -> dict:
-    """The figures of one row. NaN where a figure is not defined (FD without real images, diversity of 1 sample)."""
+    """The figures of one row. NaN where a figure is not defined (FD without real images, diversity of 1 sample).
+    Also "per_caption_r_precision": the R@1 of each caption's images (a list, in caption order)."""
+    hits = r_precision_hits(feats, text_feats, row.caption, distractors[row.caption])
     figures = {
         "images": len(row.images),
-        "r_precision": r_precision(feats, text_feats, row.caption, distractors[row.caption]),
+        "r_precision": float(hits.float().mean()),
         "alignment": alignment(feats, text_feats[row.caption]),
         "frechet_distance": math.nan,
         "diversity": math.nan,
@@ -308,6 +323,7 @@ def score_row(row: RowImages, feats: torch.Tensor, text_feats: torch.Tensor, dis
         figures["diversity"] = diversity(feats.view(len(text_feats), samples, -1))
         images = row.images.view(len(text_feats), samples, *row.images.shape[1:]).float().div(127.5).sub(1.0)
         figures["pixel_diversity"] = pixel_diversity(images)
+    figures["per_caption_r_precision"] = per_caption_rate(hits, row.caption, len(text_feats))
     return figures
 
 
@@ -352,10 +368,11 @@ def evaluate(pipe, scorer, eval_set: EvalSet, train: TrainingImages | None, samp
         random_kind = "uniform noise"
 
     real_feats = image_features(scorer, eval_set.images) if real else None
-    figures = {}
+    figures, per_caption = {}, {}
     for name, row in rows.items():
         feats = real_feats if name == "real" else image_features(scorer, row.images)
         figures[name] = score_row(row, feats, text_feats, distractors, real_feats if name != "real" else None, samples)
+        per_caption[name] = figures[name].pop("per_caption_r_precision")
     if real:
         figures["real"]["frechet_distance"] = 0.0  # the reference set itself
         notes.append("real: FD is 0 by construction (the reference set); diversity is n/a (one image per caption)")
@@ -373,6 +390,8 @@ def evaluate(pipe, scorer, eval_set: EvalSet, train: TrainingImages | None, samp
         "rows": figures,
         "notes": notes,
         "caption_list": captions,
+        # Each row's R@1 per caption, in the order of caption_list: which prompts fail.
+        "per_caption_r_precision": per_caption,
         "generated_images": rows["generated"].images,
     }
 

@@ -17,6 +17,7 @@ from t2i_core.evaluation import (
     fd_pairing,
     frechet_distance,
     max_distractors,
+    per_caption_rate,
     pixel_diversity,
     r_precision,
     run_eval_command,
@@ -78,6 +79,12 @@ def tiny_scorer_dir(shapes_corpus, text_encoder, tmp_path_factory):
 
 def unit(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(x, dim=-1)
+
+
+def test_per_caption_rate_counts_each_captions_own_images():
+    hits = torch.tensor([True, False, True, True, False])
+    caption = torch.tensor([0, 0, 2, 2, 2])
+    assert per_caption_rate(hits, caption, 4) == [0.5, None, 0.6667, None]
 
 
 def test_r_precision_is_one_for_perfect_features_and_chance_for_shuffled():
@@ -265,6 +272,10 @@ def test_eval_command_with_free_form_prompts(shapes_corpus, tiny_model_dir, tiny
     assert report["mode"] == "prompts" and report["candidates"] == 5  # distractors: the 4 other prompts
     for name, figures in report["rows"].items():
         assert figures["images"] == 15 and figures["frechet_distance"] is None
+        # Which prompts fail: one R@1 per prompt, averaging to the row's (every prompt has 3 images).
+        per_prompt = report["per_caption_r_precision"][name]
+        assert len(per_prompt) == 5 and all(0 <= v <= 1 for v in per_prompt)
+        assert abs(sum(per_prompt) / 5 - figures["r_precision"]) < 1e-3
         for key in ("r_precision", "alignment", "diversity", "pixel_diversity"):
             assert math.isfinite(figures[key]), (name, key)
     # Without a corpus (and from a .txt): no retrieval row, and the random row is noise.
