@@ -224,11 +224,13 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
 
 @dataclass
 class TrainingImages:
-    """The training split as retrieval's database: images (N, 3, R, R) uint8, caption index (N,), pooled text (C, E)."""
+    """The training split as retrieval's database: images (N, 3, R, R) uint8, caption index (N,), pooled text (C, E)
+    of the captions (C,)."""
 
     images: torch.Tensor
     image_caption: torch.Tensor
     pooled: torch.Tensor
+    captions: list[str]
 
 
 def load_training_images(folder: Path, resolution: int, text_encoder) -> TrainingImages:
@@ -238,7 +240,7 @@ def load_training_images(folder: Path, resolution: int, text_encoder) -> Trainin
     index = {c: i for i, c in enumerate(captions)}
     images = ((images_to_tensor(pairs) + 1) * 127.5).round().to(torch.uint8)
     pooled = F.normalize(pooled_text_vectors(text_encoder, captions, cache=True), dim=-1)
-    return TrainingImages(images, torch.tensor([index[p.text] for p in pairs]), pooled)
+    return TrainingImages(images, torch.tensor([index[p.text] for p in pairs]), pooled, captions)
 
 
 # Rows: the images each row is made of.
