@@ -285,6 +285,10 @@ def save_model_folder(path, generator: Generator, text_encoder_name: str, discri
         if storage_dtype is not None and storage_dtype != model.dtype:
             model = copy.deepcopy(model).to(storage_dtype)
         model.save_pretrained(folder, safe_serialization=True)
+        # diffusers records where a loaded model came from; a model folder must not carry this machine's paths.
+        config = folder / "config.json"
+        config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != "_name_or_path"},
+                                     indent=2, sort_keys=True) + "\n")
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

@@ -243,6 +243,11 @@ def test_fp16_storage_loads_as_fp32_within_one_level(tiny_pipe, tmp_path):
     assert loaded.generator.dtype == torch.float32
     a, b = tiny_pipe("a red apple", seed=5).images[0], loaded("a red apple", seed=5).images[0]
     assert pixel_diff(a, b) <= 1
+    # A model loaded from a folder and saved again does not carry the folder's path (the shipped configs would
+    # otherwise name a developer's run folder).
+    assert loaded.generator.config._name_or_path
+    save_model_folder(tmp_path / "again", loaded.generator, loaded.text_encoder.name)
+    assert "_name_or_path" not in json.loads((tmp_path / "again" / "generator" / "config.json").read_text())
 
 
 def test_truncation_warning_near_the_limit(text_encoder):
