@@ -52,19 +52,11 @@ WORDS = ("red apple", "blue circle on the left", "a green square above a yellow 
 
 # Machine and load: printed beside every figure.
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info() -> dict:
     import diffusers
     import torch
+
+    from t2i_core.trainer import cpu_model
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"cpu": cpu_model(), "cores": cores, "torch": torch.__version__, "diffusers": diffusers.__version__,

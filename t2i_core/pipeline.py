@@ -272,10 +272,11 @@ class T2IPipeline:
 
 
 def save_model_folder(path, generator: Generator, text_encoder_name: str, discriminator=None,
-                      storage_dtype: torch.dtype | None = None) -> Path:
+                      storage_dtype: torch.dtype | None = None, training: dict | None = None) -> Path:
     """Write model_index.json plus one config.json + safetensors folder per component.
 
     storage_dtype (e.g. torch.float16) stores the weights in that type, halving the files; loading casts back.
+    training (steps, images seen, hardware, ...) is recorded in model_index.json under "training".
     """
     import copy
 
@@ -303,5 +304,7 @@ def save_model_folder(path, generator: Generator, text_encoder_name: str, discri
     if discriminator is not None:
         save(discriminator, path / "discriminator")
         index["discriminator"] = ["t2i_core", "Discriminator"]
+    if training is not None:
+        index["training"] = training
     (path / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     return path

@@ -11,6 +11,7 @@ import copy
 import json
 import math
 import os
+import platform
 import shutil
 import signal
 import time
@@ -239,8 +240,28 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 
-def save_checkpoint(run_dir: Path, state: TrainState, g, d, g_ema, opt_g, opt_d, keep: int, text_encoder: str) -> Path:
-    """Write atomically (temporary folder, then rename), rotate, and refresh RUN_DIR/model."""
+def hardware_name(device: str | torch.device = "cpu") -> str:
+    """The accelerator's name, or the CPU model and torch's thread count: what a model card says trained it."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{device.type}: {cpu_model()}, {torch.get_num_threads()} torch threads"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def save_checkpoint(run_dir: Path, state: TrainState, g, d, g_ema, opt_g, opt_d, keep: int, text_encoder: str,
+                    training: dict | None = None) -> Path:
+    """Write atomically (temporary folder, then rename), rotate, and refresh RUN_DIR/model (with `training` in its
+    model_index.json)."""
     final = run_dir / f"{CHECKPOINT_PREFIX}{state.step}"
     tmp = run_dir / f".tmp-{CHECKPOINT_PREFIX}{state.step}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -257,7 +278,7 @@ def save_checkpoint(run_dir: Path, state: TrainState, g, d, g_ema, opt_g, opt_d,
     # The model folder holds the EMA generator; swap it in whole so a reader never sees half of it.
     model_tmp = run_dir / ".tmp-model"
     shutil.rmtree(model_tmp, ignore_errors=True)
-    save_model_folder(model_tmp, g_ema, text_encoder, d)
+    save_model_folder(model_tmp, g_ema, text_encoder, d, training=training)
     old = run_dir / ".old-model"
     shutil.rmtree(old, ignore_errors=True)
     if (run_dir / "model").exists():
@@ -303,11 +324,12 @@ class Trainer:
         self.device = torch.device(cfg.device)
 
         # Models first: the data is resized to the model's resolution.
-        enc_name = cfg.text_encoder
+        enc_name, self.init_training = cfg.text_encoder, None
         if cfg.init != "none":
             path = default_model_path() if cfg.init == "default" else Path(cfg.init)
             if (path / "model_index.json").is_file():
-                enc_name = read_model_index(path).get("text_encoder", DEFAULT_TEXT_ENCODER)
+                index = read_model_index(path)
+                enc_name, self.init_training = index.get("text_encoder", DEFAULT_TEXT_ENCODER), index.get("training")
         self.text_encoder = text_encoder or load_text_encoder(enc_name)
         self.g, self.d, self.text_encoder_name = build_models(cfg, self.text_encoder.dim, self.text_encoder.pooled_dim)
         self.resolution = self.g.config.resolution
@@ -502,9 +524,18 @@ class Trainer:
     def checkpoint(self) -> None:
         if self.rank == 0 and all(all_finite(m) for m in (self.g, self.d, self.g_ema)):
             save_checkpoint(self.run_dir, self.state, self.g, self.d, self.g_ema, self.opt_g, self.opt_d,
-                            self.cfg.keep_checkpoints, self.text_encoder_name)
+                            self.cfg.keep_checkpoints, self.text_encoder_name, self.training_record())
         if self.world > 1:
             dist.barrier()
+
+    def training_record(self) -> dict:
+        """What the model folder says about its training: this run's steps, images and hardware, and the record of
+        the model it started from (so fine-tunes of the shipped model keep its history)."""
+        record = {"steps": self.state.step, "images_seen": self.state.images_seen,
+                  "hardware": hardware_name(self.device), "world_size": self.world, "torch": torch.__version__}
+        if self.init_training is not None:
+            record["started_from"] = self.init_training
+        return record
 
     def resume(self) -> bool:
         ckpts = list_checkpoints(self.run_dir)

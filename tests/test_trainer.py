@@ -52,6 +52,13 @@ def test_resume_equals_uninterrupted_run(shapes_dir, tmp_path):
     pipe = T2IPipeline.from_pretrained(full)
     assert pipe("a red circle", seed=0).images[0].size == (16, 16)
     assert json.loads((tmp_path / "a" / "training_options.json").read_text())["resolved"]["pairs"] == 48
+    # The model folder says how it was trained; a fine-tune from it keeps that history.
+    record = json.loads((full / "model_index.json").read_text())["training"]
+    assert record["steps"] == 6 and record["images_seen"] == 48 and record["hardware"].startswith("cpu: ")
+    tuned = train(TrainConfig(**(TINY | dict(data=str(shapes_dir), out=str(tmp_path / "c"), max_steps=2,
+                                             init=str(full)))))
+    record = json.loads((tuned / "model_index.json").read_text())["training"]
+    assert record["steps"] == 2 and record["started_from"]["steps"] == 6
 
 
 def test_checkpoints_rotate_and_stop_request_checkpoints(shapes_dir, tmp_path):

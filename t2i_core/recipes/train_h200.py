@@ -150,7 +150,7 @@ def run(args) -> None:
     from t2i_core.data import Pair
     from t2i_core.pipeline import T2IPipeline, save_model_folder
     from t2i_core.text_encoder import TextEncoder
-    from t2i_core.trainer import RECIPES, TrainConfig, Trainer, image_grid
+    from t2i_core.trainer import RECIPES, TrainConfig, Trainer, hardware_name, image_grid
 
     with lzma.open(bundle / "pairs.npy.xz", "rb") as f:
         images = np.load(f)
@@ -178,13 +178,12 @@ def run(args) -> None:
     pipe = T2IPipeline(trainer.g_ema.float().cpu(), encoder.to("cpu"))
     out.mkdir(parents=True, exist_ok=True)
     save_model_folder(out / "model", pipe.generator, trainer.text_encoder_name, trainer.d.float().cpu(),
-                      storage_dtype=torch.float16)
+                      storage_dtype=torch.float16, training=trainer.training_record())
     prompts = list(cfg.sample_prompts)[:16]
     image_grid(pipe(prompts, num_images=4, seed=0).images, cols=8).save(out / "samples.png")
     state = json.loads((sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
                         / "trainer_state.json").read_text())
-    hardware = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    summary = {"steps": state["step"], "images_seen": state["images_seen"], "hardware": hardware,
+    summary = {"steps": state["step"], "images_seen": state["images_seen"], "hardware": hardware_name(args.device),
                "wall_s": round(time.time() - started, 1), "torch": torch.__version__, "options": json.loads(json.dumps(asdict(cfg))),
                "model": str(model)}
     with open(out / "log.txt", "w") as f:
