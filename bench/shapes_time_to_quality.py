@@ -16,10 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/...` from anywhere
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from t2i_core import shapes  # noqa: E402
