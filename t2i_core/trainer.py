@@ -245,7 +245,8 @@ def hardware_name(device: str | torch.device = "cpu") -> str:
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{device.type}: {cpu_model()}, {torch.get_num_threads()} torch threads"
+    threads = torch.get_num_threads()
+    return f"{device.type}: {cpu_model()}, {threads} torch thread{'' if threads == 1 else 's'}"
 
 
 def cpu_model() -> str:
