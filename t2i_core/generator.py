@@ -118,3 +118,65 @@ class Generator(ModelMixin, ConfigMixin):
                 w_null = w_null_mean + truncation * (w_null - w_null_mean)
             w = w_null + guidance * (w - w_null)
         return self.synthesis(w, states, mask)
+
+    def widen(self, channels: tuple, noise: float = 0.01, seed: int = 0) -> "Generator":
+        """A wider copy that computes the same images (Net2Net-style widening), to add capacity to a trained model.
+
+        Each stage's width must be an integer multiple of the old one; stages with cross-attention and the 4x4 input
+        keep theirs. A widened stage repeats every channel r times and divides the next layer's input weights by r,
+        so with noise=0 the output is unchanged (per-sample group norm sees the same mean and variance). `noise`
+        (relative to each weight's std) perturbs the repeated copies so that they can learn different features.
+        """
+        old = tuple(self.config.channels)
+        channels = tuple(int(c) for c in channels)
+        if len(channels) != len(old):
+            raise ValueError(f"channels needs {len(old)} entries, got {len(channels)}")
+        for s, (c_old, c_new) in enumerate(zip(old, channels)):
+            res = 4 * 2**s
+            if c_new % c_old:
+                raise ValueError(f"widening {res}x{res} from {c_old} to {c_new} channels: the new width must be a "
+                                 f"multiple of the old one")
+            if c_new != c_old and (s == 0 or res in self.config.attention_resolutions):
+                raise ValueError(f"the {res}x{res} stage (input or cross-attention) cannot be widened; keep {c_old}")
+        for i in range(len(old) - 1):
+            if (old[i] == old[i + 1]) != (channels[i] == channels[i + 1]):
+                raise ValueError(f"block {i} ({old[i]}->{old[i + 1]} channels) cannot become {channels[i]}->"
+                                 f"{channels[i + 1]}: a block keeps equal or unequal in/out widths")
+        new = Generator(**{**dict(self.config), "channels": channels})
+        gen = torch.Generator().manual_seed(seed)
+        src = {k: v.detach().float() for k, v in self.state_dict().items()}
+
+        def repeat(w: torch.Tensor, dim: int, c_old: int, c_new: int, scale: bool) -> torch.Tensor:
+            idx = torch.arange(c_new) % c_old
+            w = w.index_select(dim, idx)
+            return w / (c_new // c_old) if scale else w
+
+        def jitter(w: torch.Tensor, c_old: int) -> torch.Tensor:
+            # Perturb only the copies (output rows c_old:), so that the first copy keeps the old weights.
+            if noise and w.shape[0] > c_old:
+                w = w.clone()
+                w[c_old:] += noise * w.std() * torch.randn(w[c_old:].shape, generator=gen)
+            return w
+
+        out = dict(src)
+        for i in range(len(old) - 1):
+            a_old, a_new, b_old, b_new = old[i], channels[i], old[i + 1], channels[i + 1]
+            if (a_old, b_old) == (a_new, b_new):
+                continue
+            p = f"blocks.{i}."
+            for conv, (ci_old, ci_new) in (("conv1", (a_old, a_new)), ("conv2", (b_old, b_new))):
+                w = repeat(src[p + conv + ".weight"], 1, ci_old, ci_new, scale=True)
+                out[p + conv + ".weight"] = jitter(repeat(w, 0, b_old, b_new, scale=False), b_old)
+                out[p + conv + ".bias"] = repeat(src[p + conv + ".bias"], 0, b_old, b_new, scale=False)
+            for mod in ("mod1", "mod2"):
+                for kind in ("weight", "bias"):
+                    gamma, beta = src[p + mod + ".affine." + kind].chunk(2, dim=0)
+                    out[p + mod + ".affine." + kind] = torch.cat(
+                        [repeat(gamma, 0, b_old, b_new, False), repeat(beta, 0, b_old, b_new, False)])
+            if p + "skip.weight" in src:
+                w = repeat(src[p + "skip.weight"], 1, a_old, a_new, scale=True)
+                out[p + "skip.weight"] = repeat(w, 0, b_old, b_new, scale=False)
+                out[p + "skip.bias"] = repeat(src[p + "skip.bias"], 0, b_old, b_new, scale=False)
+        out["to_rgb.weight"] = repeat(src["to_rgb.weight"], 1, old[-1], channels[-1], scale=True)
+        new.load_state_dict(out)
+        return new if self.dtype == torch.float32 else new.to(self.dtype)

@@ -226,6 +226,12 @@ def build_models(cfg: TrainConfig, text_dim: int, pooled_dim: int) -> tuple[Gene
     else:
         torch.manual_seed(cfg.seed)
         d = Discriminator(resolution=g.config.resolution, pooled_dim=g.config.pooled_dim)
+    if cfg.g_channels and tuple(cfg.g_channels) != tuple(g.config.channels):
+        # More capacity for a trained model: the widened generator starts out drawing the same images.
+        g = g.widen(cfg.g_channels, seed=cfg.seed)
+    if cfg.d_channels and tuple(cfg.d_channels) != tuple(d.config.channels):
+        raise ValueError(f"--d-channels {list(cfg.d_channels)} differs from the discriminator in {path} "
+                         f"({list(d.config.channels)}); only the generator can be widened")
     return g, d, index.get("text_encoder", DEFAULT_TEXT_ENCODER)
 
 
@@ -693,7 +699,7 @@ _HELP = {
     "ema_rampup": "EMA half-life ramp-up as a share of images seen (0 = off)",
     "resolution": "image resolution for --init none (power of two)",
     "text_encoder": "text encoder id, Hugging Face name or local folder, for --init none",
-    "g_channels": "generator widths from 4x4 up, for --init none",
+    "g_channels": "generator widths from 4x4 up: for --init none, or to widen a loaded generator (multiples of its widths)",
     "d_channels": "discriminator widths from full resolution down to 4x4, for --init none",
     "fit": "how images become square: 'crop' (centre crop) or 'pad' (white borders)",
     "image_column": "image column of a datasets folder",

@@ -151,3 +151,30 @@ def test_discriminator_save_load_round_trip(tmp_path, text_encoder):
 def test_invalid_config_raises(model, config):
     with pytest.raises(ValueError, match="resolution|channels"):
         model(**config)
+
+
+def test_widen_keeps_the_images_and_adds_channels(text_encoder):
+    torch.manual_seed(0)
+    g = make_tiny_generator(resolution=32, channels=(32, 16, 16, 8), attention_resolutions=(8,))
+    wide = g.widen((32, 16, 16, 24), noise=0.0).eval()
+    assert tuple(wide.config.channels) == (32, 16, 16, 24)
+    assert sum(p.numel() for p in wide.parameters()) > sum(p.numel() for p in g.parameters())
+    prompts = ["a cat", "a red car", "a slice of pizza"]
+    torch.testing.assert_close(run_generator(wide, text_encoder, prompts), run_generator(g.eval(), text_encoder, prompts),
+                               atol=1e-5, rtol=0)
+    # The noise that lets the copies learn different features moves the image only a little.
+    jittered = g.widen((32, 16, 16, 24), noise=0.01)
+    diff = (run_generator(jittered, text_encoder, prompts) - run_generator(g, text_encoder, prompts)).abs()
+    assert 0 < diff.max() < 0.2
+
+
+@pytest.mark.parametrize(
+    "channels, match",
+    [((32, 16, 24, 8), "multiple"), ((32, 32, 16, 8), "cross-attention"), ((32, 16, 32, 16), "equal or unequal"),
+     ((32, 16, 16), "entries")],
+    ids=["not-a-multiple", "attention-stage", "skip-kind", "length"],
+)
+def test_widen_refuses_what_it_cannot_preserve(channels, match):
+    g = make_tiny_generator(resolution=32, channels=(32, 16, 16, 8), attention_resolutions=(8,))
+    with pytest.raises(ValueError, match=match):
+        g.widen(channels)

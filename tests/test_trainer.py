@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from t2i_core import shapes
 from t2i_core.pipeline import T2IPipeline
+from t2i_core.text_encoder import DEFAULT_TEXT_ENCODER
 from t2i_core.trainer import TrainConfig, Trainer, list_checkpoints, load_checkpoint, train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,6 +60,26 @@ def test_resume_equals_uninterrupted_run(shapes_dir, tmp_path):
                                              init=str(full)))))
     record = json.loads((tuned / "model_index.json").read_text())["training"]
     assert record["steps"] == 2 and record["started_from"]["steps"] == 6
+
+
+def test_init_from_a_model_folder_can_widen_the_generator(shapes_dir, tmp_path):
+    from conftest import make_tiny_discriminator, make_tiny_generator
+
+    from t2i_core.pipeline import save_model_folder
+
+    torch.manual_seed(0)
+    g = make_tiny_generator(resolution=32, channels=(32, 16, 16, 8), attention_resolutions=(8,))
+    folder = save_model_folder(tmp_path / "init", g, DEFAULT_TEXT_ENCODER,
+                               make_tiny_discriminator(resolution=32, channels=(8, 16, 16, 32)))
+    opts = TINY | dict(data=str(shapes_dir), out=str(tmp_path / "wide"), init=str(folder), g_channels=(32, 16, 16, 24),
+                       d_channels=(), checkpoint_every=2)
+    train(TrainConfig(**(opts | dict(max_steps=2))))
+    # Resume rebuilds the widened generator before it loads the checkpoint.
+    model = train(TrainConfig(**(opts | dict(max_steps=3, resume=True))))
+    assert json.loads((model / "generator" / "config.json").read_text())["channels"] == [32, 16, 16, 24]
+    assert T2IPipeline.from_pretrained(model)("a red circle", seed=0).images[0].size == (32, 32)
+    with pytest.raises(ValueError, match="only the generator can be widened"):
+        Trainer(TrainConfig(**(opts | dict(out=str(tmp_path / "d"), d_channels=(8, 16, 16, 64)))))
 
 
 def test_checkpoints_rotate_and_stop_request_checkpoints(shapes_dir, tmp_path):
