@@ -50,6 +50,53 @@ class GBlock(nn.Module):
         return (self.skip(x) + h) / math.sqrt(2)
 
 
+class ResBlock(nn.Module):
+    """Two normalised and modulated 3x3 convs at one resolution, added to x through a per-channel gate that starts
+    at zero, so that a block inserted into a trained generator leaves its images unchanged until training opens it.
+    (B, C, H, W) -> (B, C, H, W).
+    """
+
+    def __init__(self, channels: int, w_dim: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.mod1 = Modulation(w_dim, channels)
+        self.mod2 = Modulation(w_dim, channels)
+        self.gate = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        h = F.leaky_relu(self.mod1(F.group_norm(self.conv1(x), 1), w), 0.2)
+        h = self.mod2(F.group_norm(self.conv2(h), 1), w)
+        return x + self.gate * h
+
+
+class GatedCrossAttention(nn.Module):
+    """A CrossAttentionBlock whose change to x passes through a per-channel gate that starts at zero (like ResBlock).
+
+    x: (B, C, H, W), states: (B, L, D), mask: (B, L) -> (B, C, H, W).
+    """
+
+    def __init__(self, channels: int, text_dim: int, resolution: int, heads: int = 4):
+        super().__init__()
+        self.block = CrossAttentionBlock(channels, text_dim, resolution, heads)
+        self.gate = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, x: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return x + self.gate * (self.block(x, states, mask) - x)
+
+
+class ResidualMLP(nn.Module):
+    """x + gate * MLP(x) on vectors (B, D), the gate per feature and zero at the start."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.LeakyReLU(0.2), nn.Linear(dim, dim))
+        self.gate = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.gate * self.mlp(x)
+
+
 class DBlock(nn.Module):
     """Two 3x3 convs then average-pool x2, with a residual skip. (B, C_in, H, W) -> (B, C_out, H/2, W/2)."""
 

@@ -71,6 +71,9 @@ class TrainConfig:
     text_encoder: str = DEFAULT_TEXT_ENCODER
     g_channels: tuple[int, ...] = ()
     d_channels: tuple[int, ...] = ()
+    g_extra_convs: tuple[int, ...] = ()
+    g_extra_attention: tuple[int, ...] = ()
+    g_text_layers: int = 0
     # Data.
     fit: str = "crop"
     image_column: str = "image"
@@ -208,7 +211,8 @@ def build_models(cfg: TrainConfig, text_dim: int, pooled_dim: int) -> tuple[Gene
         widths = tuple(max(16, 256 >> i) for i in range(int(math.log2(cfg.resolution)) - 1))
         torch.manual_seed(cfg.seed)
         g = Generator(resolution=cfg.resolution, text_dim=text_dim, pooled_dim=pooled_dim,
-                      channels=cfg.g_channels or widths)
+                      channels=cfg.g_channels or widths, extra_convs=cfg.g_extra_convs,
+                      extra_attention=cfg.g_extra_attention, text_layers=cfg.g_text_layers)
         d = Discriminator(resolution=cfg.resolution, pooled_dim=pooled_dim, channels=cfg.d_channels or widths[::-1])
         return g, d, cfg.text_encoder
     path = default_model_path() if cfg.init == "default" else Path(cfg.init)
@@ -229,6 +233,12 @@ def build_models(cfg: TrainConfig, text_dim: int, pooled_dim: int) -> tuple[Gene
     if cfg.g_channels and tuple(cfg.g_channels) != tuple(g.config.channels):
         # More capacity for a trained model: the widened generator starts out drawing the same images.
         g = g.widen(cfg.g_channels, seed=cfg.seed)
+    deeper = {"extra_convs": tuple(cfg.g_extra_convs) or tuple(g.config.extra_convs),
+              "extra_attention": tuple(cfg.g_extra_attention) or tuple(g.config.extra_attention),
+              "text_layers": cfg.g_text_layers or g.config.text_layers}
+    if any(sorted(v) != sorted(g.config[k]) if isinstance(v, tuple) else v != g.config[k] for k, v in deeper.items()):
+        # More depth for a trained model: the extra layers start closed, so it starts out drawing the same images.
+        g = g.deepen(**deeper, seed=cfg.seed)
     if cfg.d_channels and tuple(cfg.d_channels) != tuple(d.config.channels):
         raise ValueError(f"--d-channels {list(cfg.d_channels)} differs from the discriminator in {path} "
                          f"({list(d.config.channels)}); only the generator can be widened")
@@ -701,6 +711,12 @@ _HELP = {
     "text_encoder": "text encoder id, Hugging Face name or local folder, for --init none",
     "g_channels": "generator widths from 4x4 up: for --init none, or to widen a loaded generator (multiples of its widths)",
     "d_channels": "discriminator widths from full resolution down to 4x4, for --init none",
+    "g_extra_convs": "resolutions that get an extra residual conv block in the generator (repeat one for more); "
+                     "added with a closed gate to a loaded generator",
+    "g_extra_attention": "resolutions that get an extra cross-attention block in the generator (repeat for more); "
+                         "added with a closed gate to a loaded generator",
+    "g_text_layers": "residual MLP layers on the sentence vector's way to the style (a loaded generator gets the extra "
+                     "ones with closed gates)",
     "fit": "how images become square: 'crop' (centre crop) or 'pad' (white borders)",
     "image_column": "image column of a datasets folder",
     "caption_column": "caption column of a datasets folder or metadata file",

@@ -178,3 +178,34 @@ def test_widen_refuses_what_it_cannot_preserve(channels, match):
     g = make_tiny_generator(resolution=32, channels=(32, 16, 16, 8), attention_resolutions=(8,))
     with pytest.raises(ValueError, match=match):
         g.widen(channels)
+
+
+def test_deepen_keeps_the_images_until_the_gates_open(text_encoder):
+    torch.manual_seed(0)
+    g = make_tiny_generator(resolution=32, channels=(32, 16, 16, 8), attention_resolutions=(8,))
+    deep = g.deepen(extra_convs=(8, 16, 16), extra_attention=(4, 8), text_layers=2).eval()
+    assert len(deep.extra_conv_blocks["16"]) == 2 and len(deep.extra_attention_blocks["4"]) == 1
+    assert len(deep.text_mlp) == 2
+    prompts = ["a cat", "a red car", "a slice of pizza"]
+    before = run_generator(g.eval(), text_encoder, prompts)
+    torch.testing.assert_close(run_generator(deep, text_encoder, prompts), before, atol=1e-6, rtol=0)
+    # Every extra layer is on the image's path: opening its gate changes the image, and gradients reach the gates.
+    text = text_encoder(prompts)
+    deep(torch.randn(3, deep.config.z_dim), text.states, text.mask, text.pooled).square().mean().backward()
+    gates = {n: p for n, p in deep.named_parameters() if n.endswith("gate")}
+    assert len(gates) == 7 and all(p.grad is not None and p.grad.abs().sum() > 0 for p in gates.values())
+    for name, gate in gates.items():
+        with torch.no_grad():
+            gate.fill_(0.5)
+            assert (run_generator(deep.eval(), text_encoder, prompts) - before).abs().max() > 1e-3, name
+            gate.zero_()
+    # Deepening again adds to what is there; it cannot take layers away.
+    deeper = deep.deepen(extra_convs=(8, 16, 16, 32), extra_attention=(4, 8), text_layers=2)
+    assert len(deeper.extra_conv_blocks["32"]) == 1
+    torch.testing.assert_close(run_generator(deeper.eval(), text_encoder, prompts), before, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="only add"):
+        deep.deepen(extra_convs=(8,), extra_attention=(4, 8), text_layers=2)
+    with pytest.raises(ValueError, match="resolutions"):
+        g.deepen(extra_convs=(12,))
+    with pytest.raises(ValueError, match="extra layers and cannot be widened"):
+        deeper.widen((32, 16, 16, 24))

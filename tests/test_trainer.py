@@ -82,6 +82,40 @@ def test_init_from_a_model_folder_can_widen_the_generator(shapes_dir, tmp_path):
         Trainer(TrainConfig(**(opts | dict(out=str(tmp_path / "d"), d_channels=(8, 16, 16, 64)))))
 
 
+def test_init_from_a_model_folder_can_deepen_the_generator(shapes_dir, tmp_path):
+    from conftest import make_tiny_discriminator, make_tiny_generator
+
+    from t2i_core.pipeline import save_model_folder
+
+    torch.manual_seed(0)
+    g = make_tiny_generator(resolution=32, channels=(32, 16, 16, 8), attention_resolutions=(8,))
+    folder = save_model_folder(tmp_path / "init", g, DEFAULT_TEXT_ENCODER,
+                               make_tiny_discriminator(resolution=32, channels=(8, 16, 16, 32)))
+    opts = TINY | dict(data=str(shapes_dir), out=str(tmp_path / "deep"), init=str(folder), g_channels=(),
+                       d_channels=(), g_extra_convs=(8, 16), g_extra_attention=(16,), g_text_layers=1,
+                       checkpoint_every=2)
+    trainer = Trainer(TrainConfig(**(opts | dict(max_steps=2))))
+    # It starts out drawing what the folder's generator draws.
+    text = trainer.text(torch.tensor([0, 1]))
+    z = torch.randn(2, g.config.z_dim)
+    with torch.no_grad():
+        torch.testing.assert_close(trainer.g_ema(z, text.states, text.mask, text.pooled),
+                                   g(z, text.states, text.mask, text.pooled), atol=1e-5, rtol=0)
+    trainer.run()
+    # Resume rebuilds the deeper generator before it loads the checkpoint; the gates have opened.
+    model = train(TrainConfig(**(opts | dict(max_steps=3, resume=True))))
+    config = json.loads((model / "generator" / "config.json").read_text())
+    assert (config["extra_convs"], config["extra_attention"], config["text_layers"]) == ([8, 16], [16], 1)
+    gates = {k: v for k, v in load_file(model / "generator" / "diffusion_pytorch_model.safetensors").items()
+             if k.endswith("gate")}
+    assert len(gates) == 4 and all(v.abs().sum() > 0 for v in gates.values())
+    assert T2IPipeline.from_pretrained(model)("a red circle", seed=0).images[0].size == (32, 32)
+    # Fine-tuning the deeper folder without the flags keeps its layers.
+    again = train(TrainConfig(**(opts | dict(out=str(tmp_path / "again"), init=str(model), g_extra_convs=(),
+                                             g_extra_attention=(), g_text_layers=0, max_steps=1))))
+    assert json.loads((again / "generator" / "config.json").read_text())["extra_convs"] == [8, 16]
+
+
 def test_checkpoints_rotate_and_stop_request_checkpoints(shapes_dir, tmp_path):
     calls = []
     stop_at = 5
