@@ -14,7 +14,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from .layers import CrossAttentionBlock, GatedCrossAttention, GBlock, ResBlock, ResidualMLP
+from .layers import CrossAttentionBlock, GBlock, ResBlock, ResidualMLP
 
 
 class Generator(ModelMixin, ConfigMixin):
@@ -25,7 +25,8 @@ class Generator(ModelMixin, ConfigMixin):
     cross-attention blocks sit), heads, num_mean_samples (z samples that define a prompt's mean style), and extra
     depth: extra_convs / extra_attention (one resolution per extra ResBlock / cross-attention block, after that
     resolution's block; a resolution may repeat) and text_layers (residual MLPs on the sentence vector's path to the
-    style). Extra layers start closed (zero gates); `deepen` adds them to a trained generator.
+    style). Extra layers start as the identity (their last layers are zero); `deepen` adds them to a trained
+    generator.
     """
 
     @register_to_config
@@ -75,7 +76,7 @@ class Generator(ModelMixin, ConfigMixin):
             str(r): nn.ModuleList([ResBlock(channels[s], w_dim) for _ in range(list(extra_convs).count(r))])
             for s, r in enumerate(sizes) if r in extra_convs})
         self.extra_attention_blocks = nn.ModuleDict({
-            str(r): nn.ModuleList([GatedCrossAttention(channels[s], text_dim, r, heads)
+            str(r): nn.ModuleList([CrossAttentionBlock(channels[s], text_dim, r, heads, zero_init=True)
                                    for _ in range(list(extra_attention).count(r))])
             for s, r in enumerate(sizes) if r in extra_attention})
         # A fixed set of z that defines each prompt's mean style (for truncation); fixed so that it is saved in no
@@ -156,7 +157,7 @@ class Generator(ModelMixin, ConfigMixin):
     def deepen(self, extra_convs: tuple = (), extra_attention: tuple = (), text_layers: int = 0,
                seed: int = 0) -> "Generator":
         """A deeper copy that computes the same images: the extra layers named (totals, as in the config) are added
-        with closed gates, and everything this generator has keeps its weights. It can only add layers.
+        as identities (zero last layers), and everything this generator has keeps its weights. It can only add layers.
         """
         old = self.config
         for name, new_list in (("extra_convs", extra_convs), ("extra_attention", extra_attention)):

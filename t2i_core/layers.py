@@ -51,50 +51,35 @@ class GBlock(nn.Module):
 
 
 class ResBlock(nn.Module):
-    """Two normalised and modulated 3x3 convs at one resolution, added to x through a per-channel gate that starts
-    at zero, so that a block inserted into a trained generator leaves its images unchanged until training opens it.
+    """x + conv(modulated conv(x)) at one resolution. The last conv starts at zero (a "zero conv"), so that a block
+    inserted into a trained generator leaves its images unchanged while its weights still get gradients.
     (B, C, H, W) -> (B, C, H, W).
     """
 
     def __init__(self, channels: int, w_dim: int):
         super().__init__()
         self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
         self.mod1 = Modulation(w_dim, channels)
-        self.mod2 = Modulation(w_dim, channels)
-        self.gate = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         h = F.leaky_relu(self.mod1(F.group_norm(self.conv1(x), 1), w), 0.2)
-        h = self.mod2(F.group_norm(self.conv2(h), 1), w)
-        return x + self.gate * h
-
-
-class GatedCrossAttention(nn.Module):
-    """A CrossAttentionBlock whose change to x passes through a per-channel gate that starts at zero (like ResBlock).
-
-    x: (B, C, H, W), states: (B, L, D), mask: (B, L) -> (B, C, H, W).
-    """
-
-    def __init__(self, channels: int, text_dim: int, resolution: int, heads: int = 4):
-        super().__init__()
-        self.block = CrossAttentionBlock(channels, text_dim, resolution, heads)
-        self.gate = nn.Parameter(torch.zeros(1, channels, 1, 1))
-
-    def forward(self, x: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return x + self.gate * (self.block(x, states, mask) - x)
+        return x + self.conv2(h)
 
 
 class ResidualMLP(nn.Module):
-    """x + gate * MLP(x) on vectors (B, D), the gate per feature and zero at the start."""
+    """x + MLP(x) on vectors (B, D); the last layer starts at zero, so the block starts as the identity."""
 
     def __init__(self, dim: int):
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.LeakyReLU(0.2), nn.Linear(dim, dim))
-        self.gate = nn.Parameter(torch.zeros(dim))
+        nn.init.zeros_(self.mlp[2].weight)
+        nn.init.zeros_(self.mlp[2].bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.gate * self.mlp(x)
+        return x + self.mlp(x)
 
 
 class DBlock(nn.Module):
@@ -120,10 +105,10 @@ class CrossAttentionBlock(nn.Module):
     states come from the text Transformer, so word order and every word can change the result.
     x: (B, C, H, W), states: (B, L, D), mask: (B, L) bool, True at real tokens -> (B, C, H, W).
     The mask may instead be a float (B, L) bias added to the attention logits (-inf ignores a token): that is how
-    animation blends two prompts' tokens smoothly.
+    animation blends two prompts' tokens smoothly. zero_init=True starts the block as the identity.
     """
 
-    def __init__(self, channels: int, text_dim: int, resolution: int, heads: int = 4):
+    def __init__(self, channels: int, text_dim: int, resolution: int, heads: int = 4, zero_init: bool = False):
         super().__init__()
         self.pos = nn.Parameter(torch.randn(1, resolution * resolution, channels) * 0.02)
         self.norm1 = nn.LayerNorm(channels)
@@ -131,6 +116,13 @@ class CrossAttentionBlock(nn.Module):
         self.attn = nn.MultiheadAttention(channels, heads, batch_first=True)
         self.norm2 = nn.LayerNorm(channels)
         self.mlp = nn.Sequential(nn.Linear(channels, 2 * channels), nn.GELU(), nn.Linear(2 * channels, channels))
+        if zero_init:
+            # Both residual branches end at zero and the positional encoding (which stays in the residual stream)
+            # starts at zero: the block starts as the identity (to deepen a trained generator).
+            nn.init.zeros_(self.pos)
+            for layer in (self.attn.out_proj, self.mlp[2]):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape

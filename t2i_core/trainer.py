@@ -237,7 +237,7 @@ def build_models(cfg: TrainConfig, text_dim: int, pooled_dim: int) -> tuple[Gene
               "extra_attention": tuple(cfg.g_extra_attention) or tuple(g.config.extra_attention),
               "text_layers": cfg.g_text_layers or g.config.text_layers}
     if any(sorted(v) != sorted(g.config[k]) if isinstance(v, tuple) else v != g.config[k] for k, v in deeper.items()):
-        # More depth for a trained model: the extra layers start closed, so it starts out drawing the same images.
+        # More depth for a trained model: the extra layers start as identities, so it starts out drawing the same images.
         g = g.deepen(**deeper, seed=cfg.seed)
     if cfg.d_channels and tuple(cfg.d_channels) != tuple(d.config.channels):
         raise ValueError(f"--d-channels {list(cfg.d_channels)} differs from the discriminator in {path} "
@@ -712,11 +712,11 @@ _HELP = {
     "g_channels": "generator widths from 4x4 up: for --init none, or to widen a loaded generator (multiples of its widths)",
     "d_channels": "discriminator widths from full resolution down to 4x4, for --init none",
     "g_extra_convs": "resolutions that get an extra residual conv block in the generator (repeat one for more); "
-                     "added with a closed gate to a loaded generator",
+                     "added as an identity to a loaded generator",
     "g_extra_attention": "resolutions that get an extra cross-attention block in the generator (repeat for more); "
-                         "added with a closed gate to a loaded generator",
+                         "added as an identity to a loaded generator",
     "g_text_layers": "residual MLP layers on the sentence vector's way to the style (a loaded generator gets the extra "
-                     "ones with closed gates)",
+                     "ones as identities)",
     "fit": "how images become square: 'crop' (centre crop) or 'pad' (white borders)",
     "image_column": "image column of a datasets folder",
     "caption_column": "caption column of a datasets folder or metadata file",

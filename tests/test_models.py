@@ -180,7 +180,7 @@ def test_widen_refuses_what_it_cannot_preserve(channels, match):
         g.widen(channels)
 
 
-def test_deepen_keeps_the_images_until_the_gates_open(text_encoder):
+def test_deepen_keeps_the_images_and_its_new_layers_learn(text_encoder):
     torch.manual_seed(0)
     g = make_tiny_generator(resolution=32, channels=(32, 16, 16, 8), attention_resolutions=(8,))
     deep = g.deepen(extra_convs=(8, 16, 16), extra_attention=(4, 8), text_layers=2).eval()
@@ -189,16 +189,20 @@ def test_deepen_keeps_the_images_until_the_gates_open(text_encoder):
     prompts = ["a cat", "a red car", "a slice of pizza"]
     before = run_generator(g.eval(), text_encoder, prompts)
     torch.testing.assert_close(run_generator(deep, text_encoder, prompts), before, atol=1e-6, rtol=0)
-    # Every extra layer is on the image's path: opening its gate changes the image, and gradients reach the gates.
+    # Each new layer starts at zero yet gets a gradient, and moving it changes the image.
     text = text_encoder(prompts)
     deep(torch.randn(3, deep.config.z_dim), text.states, text.mask, text.pooled).square().mean().backward()
-    gates = {n: p for n, p in deep.named_parameters() if n.endswith("gate")}
-    assert len(gates) == 7 and all(p.grad is not None and p.grad.abs().sum() > 0 for p in gates.values())
-    for name, gate in gates.items():
-        with torch.no_grad():
-            gate.fill_(0.5)
-            assert (run_generator(deep.eval(), text_encoder, prompts) - before).abs().max() > 1e-3, name
-            gate.zero_()
+    last = {"conv": [b.conv2 for blocks in deep.extra_conv_blocks.values() for b in blocks],
+            "attention": [b.attn.out_proj for blocks in deep.extra_attention_blocks.values() for b in blocks],
+            "text": [b.mlp[2] for b in deep.text_mlp]}
+    assert [len(v) for v in last.values()] == [3, 2, 2]
+    for kind, layers in last.items():
+        for layer in layers:
+            assert layer.weight.abs().sum() == 0 and layer.weight.grad.abs().sum() > 0, kind
+            with torch.no_grad():
+                layer.weight.add_(0.5 * torch.randn_like(layer.weight))
+                assert (run_generator(deep, text_encoder, prompts) - before).abs().max() > 1e-3, kind
+                layer.weight.zero_()
     # Deepening again adds to what is there; it cannot take layers away.
     deeper = deep.deepen(extra_convs=(8, 16, 16, 32), extra_attention=(4, 8), text_layers=2)
     assert len(deeper.extra_conv_blocks["32"]) == 1

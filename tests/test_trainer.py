@@ -102,13 +102,14 @@ def test_init_from_a_model_folder_can_deepen_the_generator(shapes_dir, tmp_path)
         torch.testing.assert_close(trainer.g_ema(z, text.states, text.mask, text.pooled),
                                    g(z, text.states, text.mask, text.pooled), atol=1e-5, rtol=0)
     trainer.run()
-    # Resume rebuilds the deeper generator before it loads the checkpoint; the gates have opened.
+    # Resume rebuilds the deeper generator before it loads the checkpoint; the new layers have learnt.
     model = train(TrainConfig(**(opts | dict(max_steps=3, resume=True))))
     config = json.loads((model / "generator" / "config.json").read_text())
     assert (config["extra_convs"], config["extra_attention"], config["text_layers"]) == ([8, 16], [16], 1)
-    gates = {k: v for k, v in load_file(model / "generator" / "diffusion_pytorch_model.safetensors").items()
-             if k.endswith("gate")}
-    assert len(gates) == 4 and all(v.abs().sum() > 0 for v in gates.values())
+    saved = load_file(model / "generator" / "diffusion_pytorch_model.safetensors")
+    zero_at_start = ["extra_conv_blocks.8.0.conv2.weight", "extra_conv_blocks.16.0.conv2.weight",
+                     "extra_attention_blocks.16.0.attn.out_proj.weight", "text_mlp.0.mlp.2.weight"]
+    assert all(saved[k].abs().sum() > 0 for k in zero_at_start)
     assert T2IPipeline.from_pretrained(model)("a red circle", seed=0).images[0].size == (32, 32)
     # Fine-tuning the deeper folder without the flags keeps its layers.
     again = train(TrainConfig(**(opts | dict(out=str(tmp_path / "again"), init=str(model), g_extra_convs=(),
