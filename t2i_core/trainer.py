@@ -25,8 +25,8 @@ from safetensors.torch import load_file, save_file
 
 from .discriminator import Discriminator
 from .generator import Generator
-from .losses import (AugmentParams, color_distribution_loss, d_hinge_loss, diff_augment, g_hinge_loss,
-                     mode_seeking_ratio, r1_penalty, reconstruction_loss, spectrum_loss)
+from .losses import (AugmentParams, color_distribution_loss, d_hinge_loss, diff_augment, feature_matching_loss,
+                     g_hinge_loss, mode_seeking_ratio, r1_penalty, reconstruction_loss, spectrum_loss)
 from .pipeline import PRECISIONS, check_model_folder, default_model_path, read_model_index, save_model_folder, to_pil
 from .text_encoder import DEFAULT_TEXT_ENCODER, TextEmbedding
 
@@ -58,6 +58,7 @@ class TrainConfig:
     r1_gamma: float = 0.1
     r1_every: int = 4  # lazy regularisation
     rec_weight: float = 1.0  # mean-image reconstruction; 0 where images of one caption vary a lot
+    fm_weight: float = 0.0  # feature matching: the mean image against its real image in D's feature maps
     color_weight: float = 1.0  # position-free colour match of every sample to its caption's image
     shape_weight: float = 0.0  # position-free shape match: Fourier amplitudes of each sample vs its real image
     alt_caption_prob: float = 0.3  # share of samples trained on one of their image's alternative captions
@@ -489,14 +490,20 @@ class Trainer:
                 shape = (spectrum_loss(fake, real) * keep).mean()
                 loss_g = loss_g + cfg.shape_weight * shape
                 losses["shape"] = shape.item()
-            if cfg.rec_weight > 0:
-                if keep.any():
-                    tk = t[keep]
-                    mean_img = self.g.synthesis(self.g.mean_style(tk.pooled), tk.states, tk.mask)
-                    # Sum over kept samples / local batch: equal slices over processes average to the global loss.
+            if (cfg.rec_weight > 0 or cfg.fm_weight > 0) and keep.any():
+                tk = t[keep]
+                mean_img = self.g.synthesis(self.g.mean_style(tk.pooled), tk.states, tk.mask)
+                # Sum over kept samples / local batch: equal slices over processes average to the global loss.
+                if cfg.rec_weight > 0:
                     rec = reconstruction_loss(mean_img, real[keep]).sum() / len(keep)
                     loss_g = loss_g + cfg.rec_weight * rec
                     losses["rec"] = rec.item()
+                if cfg.fm_weight > 0:
+                    with torch.no_grad():
+                        real_maps = self.d.feature_maps(real[keep])
+                    fm = feature_matching_loss(self.d.feature_maps(mean_img), real_maps).sum() / len(keep)
+                    loss_g = loss_g + cfg.fm_weight * fm
+                    losses["fm"] = fm.item()
         loss_g.backward()
         ok_g = self._finish(self.g, self.opt_g, losses, "grad_g")
         if not (ok_d and ok_g):
@@ -699,6 +706,7 @@ _HELP = {
     "r1_gamma": "R1 gradient penalty weight",
     "r1_every": "apply the R1 penalty every N steps (lazy regularisation)",
     "rec_weight": "weight of the mean-image reconstruction loss (0 when one caption has very different images)",
+    "fm_weight": "weight of feature matching: the caption's mean image against its real image in D's feature maps",
     "color_weight": "weight of the position-free colour-distribution loss of each sample against its real image",
     "shape_weight": "weight of the position-free shape loss (Fourier amplitude spectrum of each sample against its real image)",
     "alt_caption_prob": "share of samples trained on an alternative caption (metadata column alt_texts), if any",
