@@ -39,17 +39,12 @@ class Discriminator(ModelMixin, ConfigMixin):
         )
         self.embed = nn.Linear(pooled_dim, top)
 
-    def feature_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """(B, 3, R, R) in [-1, 1] -> each block's output, from R/2 down to 4x4 (the last one before its activation)."""
-        h, maps = self.from_rgb(images), []
-        for block in self.blocks:
-            h = block(h)
-            maps.append(h)
-        return maps
-
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, R, R) in [-1, 1] -> (B, C, 4, 4)."""
-        return F.leaky_relu(self.feature_maps(images)[-1], 0.2)
+        h = self.from_rgb(images)
+        for block in self.blocks:
+            h = block(h)
+        return F.leaky_relu(h, 0.2)
 
     def head(self, h: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         """Features (B, C, 4, 4) + sentence vectors (B, pooled_dim) -> logits (B,). Split from `features` so that one

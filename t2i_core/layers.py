@@ -50,38 +50,6 @@ class GBlock(nn.Module):
         return (self.skip(x) + h) / math.sqrt(2)
 
 
-class ResBlock(nn.Module):
-    """x + conv(modulated conv(x)) at one resolution. The last conv starts at zero (a "zero conv"), so that a block
-    inserted into a trained generator leaves its images unchanged while its weights still get gradients.
-    (B, C, H, W) -> (B, C, H, W).
-    """
-
-    def __init__(self, channels: int, w_dim: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.mod1 = Modulation(w_dim, channels)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
-        nn.init.zeros_(self.conv2.weight)
-        nn.init.zeros_(self.conv2.bias)
-
-    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        h = F.leaky_relu(self.mod1(F.group_norm(self.conv1(x), 1), w), 0.2)
-        return x + self.conv2(h)
-
-
-class ResidualMLP(nn.Module):
-    """x + MLP(x) on vectors (B, D); the last layer starts at zero, so the block starts as the identity."""
-
-    def __init__(self, dim: int):
-        super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.LeakyReLU(0.2), nn.Linear(dim, dim))
-        nn.init.zeros_(self.mlp[2].weight)
-        nn.init.zeros_(self.mlp[2].bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.mlp(x)
-
-
 class DBlock(nn.Module):
     """Two 3x3 convs then average-pool x2, with a residual skip. (B, C_in, H, W) -> (B, C_out, H/2, W/2)."""
 
@@ -105,10 +73,10 @@ class CrossAttentionBlock(nn.Module):
     states come from the text Transformer, so word order and every word can change the result.
     x: (B, C, H, W), states: (B, L, D), mask: (B, L) bool, True at real tokens -> (B, C, H, W).
     The mask may instead be a float (B, L) bias added to the attention logits (-inf ignores a token): that is how
-    animation blends two prompts' tokens smoothly. zero_init=True starts the block as the identity.
+    animation blends two prompts' tokens smoothly.
     """
 
-    def __init__(self, channels: int, text_dim: int, resolution: int, heads: int = 4, zero_init: bool = False):
+    def __init__(self, channels: int, text_dim: int, resolution: int, heads: int = 4):
         super().__init__()
         self.pos = nn.Parameter(torch.randn(1, resolution * resolution, channels) * 0.02)
         self.norm1 = nn.LayerNorm(channels)
@@ -116,13 +84,6 @@ class CrossAttentionBlock(nn.Module):
         self.attn = nn.MultiheadAttention(channels, heads, batch_first=True)
         self.norm2 = nn.LayerNorm(channels)
         self.mlp = nn.Sequential(nn.Linear(channels, 2 * channels), nn.GELU(), nn.Linear(2 * channels, channels))
-        if zero_init:
-            # Both residual branches end at zero and the positional encoding (which stays in the residual stream)
-            # starts at zero: the block starts as the identity (to deepen a trained generator).
-            nn.init.zeros_(self.pos)
-            for layer in (self.attn.out_proj, self.mlp[2]):
-                nn.init.zeros_(layer.weight)
-                nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape

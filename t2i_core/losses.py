@@ -111,16 +111,6 @@ def reconstruction_loss(mean_image: torch.Tensor, real: torch.Tensor, scales: tu
     return loss / len(scales)
 
 
-def feature_matching_loss(fake_maps: list[torch.Tensor], real_maps: list[torch.Tensor]) -> torch.Tensor:
-    """Per-sample L1 (B,) between D's feature maps of the prompt's mean image and of its real image, averaged over
-    D's blocks (pix2pixHD's feature matching). Unlike pixel L1 it compares what D uses to tell images apart, so an
-    edge one pixel off costs little while a wrong shape costs a lot."""
-    loss = 0.0
-    for a, b in zip(fake_maps, real_maps, strict=True):
-        loss = loss + (a.float() - b.detach().float()).abs().flatten(1).mean(1)
-    return loss / len(fake_maps)
-
-
 def color_distribution_loss(fake: torch.Tensor, real: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
     """Per-sample sliced Wasserstein distance (B,) between the pixel colours of a fake and of its caption's real image.
 

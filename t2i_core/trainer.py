@@ -25,8 +25,8 @@ from safetensors.torch import load_file, save_file
 
 from .discriminator import Discriminator
 from .generator import Generator
-from .losses import (AugmentParams, color_distribution_loss, d_hinge_loss, diff_augment, feature_matching_loss,
-                     g_hinge_loss, mode_seeking_ratio, r1_penalty, reconstruction_loss, spectrum_loss)
+from .losses import (AugmentParams, color_distribution_loss, d_hinge_loss, diff_augment, g_hinge_loss,
+                     mode_seeking_ratio, r1_penalty, reconstruction_loss, spectrum_loss)
 from .pipeline import PRECISIONS, check_model_folder, default_model_path, read_model_index, save_model_folder, to_pil
 from .text_encoder import DEFAULT_TEXT_ENCODER, TextEmbedding
 
@@ -58,7 +58,6 @@ class TrainConfig:
     r1_gamma: float = 0.1
     r1_every: int = 4  # lazy regularisation
     rec_weight: float = 1.0  # mean-image reconstruction; 0 where images of one caption vary a lot
-    fm_weight: float = 0.0  # feature matching: the mean image against its real image in D's feature maps
     color_weight: float = 1.0  # position-free colour match of every sample to its caption's image
     shape_weight: float = 0.0  # position-free shape match: Fourier amplitudes of each sample vs its real image
     alt_caption_prob: float = 0.3  # share of samples trained on one of their image's alternative captions
@@ -72,9 +71,6 @@ class TrainConfig:
     text_encoder: str = DEFAULT_TEXT_ENCODER
     g_channels: tuple[int, ...] = ()
     d_channels: tuple[int, ...] = ()
-    g_extra_convs: tuple[int, ...] = ()
-    g_extra_attention: tuple[int, ...] = ()
-    g_text_layers: int = 0
     # Data.
     fit: str = "crop"
     image_column: str = "image"
@@ -212,8 +208,7 @@ def build_models(cfg: TrainConfig, text_dim: int, pooled_dim: int) -> tuple[Gene
         widths = tuple(max(16, 256 >> i) for i in range(int(math.log2(cfg.resolution)) - 1))
         torch.manual_seed(cfg.seed)
         g = Generator(resolution=cfg.resolution, text_dim=text_dim, pooled_dim=pooled_dim,
-                      channels=cfg.g_channels or widths, extra_convs=cfg.g_extra_convs,
-                      extra_attention=cfg.g_extra_attention, text_layers=cfg.g_text_layers)
+                      channels=cfg.g_channels or widths)
         d = Discriminator(resolution=cfg.resolution, pooled_dim=pooled_dim, channels=cfg.d_channels or widths[::-1])
         return g, d, cfg.text_encoder
     path = default_model_path() if cfg.init == "default" else Path(cfg.init)
@@ -231,18 +226,10 @@ def build_models(cfg: TrainConfig, text_dim: int, pooled_dim: int) -> tuple[Gene
     else:
         torch.manual_seed(cfg.seed)
         d = Discriminator(resolution=g.config.resolution, pooled_dim=g.config.pooled_dim)
-    if cfg.g_channels and tuple(cfg.g_channels) != tuple(g.config.channels):
-        # More capacity for a trained model: the widened generator starts out drawing the same images.
-        g = g.widen(cfg.g_channels, seed=cfg.seed)
-    deeper = {"extra_convs": tuple(cfg.g_extra_convs) or tuple(g.config.extra_convs),
-              "extra_attention": tuple(cfg.g_extra_attention) or tuple(g.config.extra_attention),
-              "text_layers": cfg.g_text_layers or g.config.text_layers}
-    if any(sorted(v) != sorted(g.config[k]) if isinstance(v, tuple) else v != g.config[k] for k, v in deeper.items()):
-        # More depth for a trained model: the extra layers start as identities, so it starts out drawing the same images.
-        g = g.deepen(**deeper, seed=cfg.seed)
-    if cfg.d_channels and tuple(cfg.d_channels) != tuple(d.config.channels):
-        raise ValueError(f"--d-channels {list(cfg.d_channels)} differs from the discriminator in {path} "
-                         f"({list(d.config.channels)}); only the generator can be widened")
+    for name, want, model in (("g_channels", cfg.g_channels, g), ("d_channels", cfg.d_channels, d)):
+        if want and tuple(want) != tuple(model.config.channels):
+            raise ValueError(f"--{name.replace('_', '-')} {list(want)} differs from the model in {path} "
+                             f"({list(model.config.channels)}); widths apply to --init none only")
     return g, d, index.get("text_encoder", DEFAULT_TEXT_ENCODER)
 
 
@@ -490,20 +477,13 @@ class Trainer:
                 shape = (spectrum_loss(fake, real) * keep).mean()
                 loss_g = loss_g + cfg.shape_weight * shape
                 losses["shape"] = shape.item()
-            if (cfg.rec_weight > 0 or cfg.fm_weight > 0) and keep.any():
+            if cfg.rec_weight > 0 and keep.any():
                 tk = t[keep]
                 mean_img = self.g.synthesis(self.g.mean_style(tk.pooled), tk.states, tk.mask)
                 # Sum over kept samples / local batch: equal slices over processes average to the global loss.
-                if cfg.rec_weight > 0:
-                    rec = reconstruction_loss(mean_img, real[keep]).sum() / len(keep)
-                    loss_g = loss_g + cfg.rec_weight * rec
-                    losses["rec"] = rec.item()
-                if cfg.fm_weight > 0:
-                    with torch.no_grad():
-                        real_maps = self.d.feature_maps(real[keep])
-                    fm = feature_matching_loss(self.d.feature_maps(mean_img), real_maps).sum() / len(keep)
-                    loss_g = loss_g + cfg.fm_weight * fm
-                    losses["fm"] = fm.item()
+                rec = reconstruction_loss(mean_img, real[keep]).sum() / len(keep)
+                loss_g = loss_g + cfg.rec_weight * rec
+                losses["rec"] = rec.item()
         loss_g.backward()
         ok_g = self._finish(self.g, self.opt_g, losses, "grad_g")
         if not (ok_d and ok_g):
@@ -706,7 +686,6 @@ _HELP = {
     "r1_gamma": "R1 gradient penalty weight",
     "r1_every": "apply the R1 penalty every N steps (lazy regularisation)",
     "rec_weight": "weight of the mean-image reconstruction loss (0 when one caption has very different images)",
-    "fm_weight": "weight of feature matching: the caption's mean image against its real image in D's feature maps",
     "color_weight": "weight of the position-free colour-distribution loss of each sample against its real image",
     "shape_weight": "weight of the position-free shape loss (Fourier amplitude spectrum of each sample against its real image)",
     "alt_caption_prob": "share of samples trained on an alternative caption (metadata column alt_texts), if any",
@@ -717,14 +696,8 @@ _HELP = {
     "ema_rampup": "EMA half-life ramp-up as a share of images seen (0 = off)",
     "resolution": "image resolution for --init none (power of two)",
     "text_encoder": "text encoder id, Hugging Face name or local folder, for --init none",
-    "g_channels": "generator widths from 4x4 up: for --init none, or to widen a loaded generator (multiples of its widths)",
+    "g_channels": "generator widths from 4x4 up, for --init none",
     "d_channels": "discriminator widths from full resolution down to 4x4, for --init none",
-    "g_extra_convs": "resolutions that get an extra residual conv block in the generator (repeat one for more); "
-                     "added as an identity to a loaded generator",
-    "g_extra_attention": "resolutions that get an extra cross-attention block in the generator (repeat for more); "
-                         "added as an identity to a loaded generator",
-    "g_text_layers": "residual MLP layers on the sentence vector's way to the style (a loaded generator gets the extra "
-                     "ones as identities)",
     "fit": "how images become square: 'crop' (centre crop) or 'pad' (white borders)",
     "image_column": "image column of a datasets folder",
     "caption_column": "caption column of a datasets folder or metadata file",
