@@ -178,7 +178,7 @@ def split_folders(data: str | os.PathLike) -> tuple[Path, Path | None]:
 
 def load_eval_set(folder: Path, resolution: int, limit: int | None = None, seed: int = 0) -> EvalSet:
     """Load a split's pairs; with `limit`, keep a seeded random subset of `limit` captions (and their images)."""
-    from .data import images_to_tensor, load_pairs
+    from ..data import images_to_tensor, load_pairs
     from .scorer import read_group_keys
 
     pairs, _ = load_pairs(folder, resolution)
@@ -234,7 +234,7 @@ class TrainingImages:
 
 
 def load_training_images(folder: Path, resolution: int, text_encoder) -> TrainingImages:
-    from .data import images_to_tensor, load_pairs
+    from ..data import images_to_tensor, load_pairs
     pairs, _ = load_pairs(folder, resolution)
     captions = list(dict.fromkeys(p.text for p in pairs))
     index = {c: i for i, c in enumerate(captions)}
@@ -487,7 +487,7 @@ def add_eval_arguments(parser) -> None:
 
 def run_eval_command(args) -> int:
     """Run `eval` as parsed by `add_eval_arguments`; prints the table. Bad input raises ValueError."""
-    from .pipeline import T2IPipeline
+    from ..pipeline import T2IPipeline
     from .scorer import DEFAULT_SCORER_DIR, ContrastiveScorer, torch_threads, training_folder
 
     if args.data is None and args.prompts is None:
@@ -505,7 +505,7 @@ def run_eval_command(args) -> int:
     scorer_dir = Path(args.scorer) if args.scorer else DEFAULT_SCORER_DIR
     if not (scorer_dir / "config.json").is_file():
         raise ValueError(f"no scorer at {str(scorer_dir)!r}; pass --scorer DIR, or train one with "
-                         "`python -m t2i_core.scorer --data CORPUS/train --out assets/scorer` (about 10 CPU minutes).")
+                         "`python -m t2i_core.evaluation.scorer --data CORPUS/train --out assets/scorer` (about 10 CPU minutes).")
 
     if args.prompts is not None:
         # Free-form prompts have no real images; the corpus only serves retrieval and the random row.
@@ -523,7 +523,7 @@ def run_eval_command(args) -> int:
 
 
 def _run_eval(args, scorer_dir: Path, test_dir: Path | None, train_dir: Path | None, prompts: list[str] | None) -> int:
-    from .pipeline import T2IPipeline
+    from ..pipeline import T2IPipeline
     from .scorer import ContrastiveScorer
 
     pipe = T2IPipeline.from_pretrained(args.model, device=args.device)
@@ -559,8 +559,8 @@ def _run_eval(args, scorer_dir: Path, test_dir: Path | None, train_dir: Path | N
         Path(args.json).write_text(json.dumps(_json_ready(report), indent=2) + "\n")
         print(f"figures written to {args.json}")
     if args.grid:
-        from .pipeline import to_pil
-        from .trainer import image_grid
+        from ..pipeline import to_pil
+        from ..trainer import image_grid
 
         first = report["generated_images"][:: args.samples][:64]
         grid = image_grid(to_pil(first.float().div(127.5).sub(1.0)), cols=8)

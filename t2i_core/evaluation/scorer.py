@@ -4,7 +4,7 @@ It measures how well images match captions (evaluation) and can serve as a froze
 discriminator's features or an alignment loss). The evaluation scorer must be an instance trained on its own (another
 seed, ideally another width), never one that a training loss used, or the figures would reward fooling that network.
 
-    python -m t2i_core.scorer --data CORPUS/train --out assets/scorer [--minutes 10] [--seed 0]
+    python -m t2i_core.evaluation.scorer --data CORPUS/train --out assets/scorer [--minutes 10] [--seed 0]
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from .text_encoder import DEFAULT_TEXT_ENCODER, TextEncoder
+from ..text_encoder import DEFAULT_TEXT_ENCODER, TextEncoder
 
-DEFAULT_SCORER_DIR = Path(__file__).resolve().parent.parent / "assets" / "scorer"
+DEFAULT_SCORER_DIR = Path(__file__).resolve().parents[2] / "assets" / "scorer"
 WHITE = 1.0  # the corpus's background in [-1, 1]; augmentation pads with it
 
 
@@ -167,11 +167,11 @@ class ContrastiveScorer(nn.Module):
         if not (path / "config.json").is_file() or not (path / "text_head.safetensors").is_file():
             raise ValueError(
                 f"{str(path)!r} is not a scorer folder (config.json and text_head.safetensors are needed). Train one with "
-                "`python -m t2i_core.scorer --data CORPUS/train --out DIR`."
+                "`python -m t2i_core.evaluation.scorer --data CORPUS/train --out DIR`."
             )
         config = json.loads((path / "config.json").read_text())
         if text_encoder is None:
-            from .pipeline import load_text_encoder
+            from ..pipeline import load_text_encoder
 
             text_encoder = load_text_encoder(config.get("text_encoder", DEFAULT_TEXT_ENCODER))
         elif text_encoder.name != config.get("text_encoder", DEFAULT_TEXT_ENCODER):
@@ -289,7 +289,7 @@ def pooled_text_vectors(text_encoder: TextEncoder, captions: list[str], batch_si
 def build_scorer_data(pairs, text_encoder: TextEncoder, group_keys: dict[str, str] | None = None,
                       resolution: int = 64, cache_text: bool = False) -> ScorerData:
     """Pairs -> ScorerData. Images with the same group key (else the same caption) are never each other's negatives."""
-    from .data import images_to_tensor
+    from ..data import images_to_tensor
 
     images = images_to_tensor(pairs)
     if images.shape[-1] != resolution:
@@ -320,7 +320,7 @@ def torch_threads(threads: int):
 def load_scorer_data(data_dir_or_pairs, text_encoder: TextEncoder, resolution: int = 64,
                      group_keys: dict[str, str] | None = None, cache_text: bool = False, log=print) -> ScorerData:
     """A training folder (a corpus root with train/ uses train/) or a list of `Pair`s -> ScorerData."""
-    from .data import load_pairs
+    from ..data import load_pairs
 
     if isinstance(data_dir_or_pairs, (str, os.PathLike)):
         folder = training_folder(data_dir_or_pairs)
@@ -366,7 +366,7 @@ def train_scorer(
     in eval mode with `info["loss_history"]` holding (step, loss) at each log point. threads > 0 sets torch's CPU
     threads for the call (1 is often fastest on a busy machine); cache_text keeps caption vectors on disk.
     """
-    from .pipeline import load_text_encoder
+    from ..pipeline import load_text_encoder
 
     if not minutes and not max_steps:
         raise ValueError("train_scorer needs a budget: pass minutes > 0 or max_steps > 0.")
@@ -438,13 +438,13 @@ def train_scorer(
     return scorer
 
 
-# Command line: python -m t2i_core.scorer
+# Command line: python -m t2i_core.evaluation.scorer
 
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m t2i_core.scorer", description=__doc__.strip().splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m t2i_core.evaluation.scorer", description=__doc__.strip().splitlines()[0])
     parser.add_argument("--data", required=True, help="training folder (a corpus root with train/ uses train/)")
     parser.add_argument("--out", required=True, help="scorer folder to write")
     parser.add_argument("--minutes", type=float, default=10.0, help="training time budget (default 10)")
@@ -468,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
                               lr=args.lr, threads=args.threads)
         test = Path(args.test) if args.test else training_folder(args.data).parent / "test"
         if (test / "metadata.jsonl").is_file():
-            from .evaluation import scorer_test_r_precision
+            from .metrics import scorer_test_r_precision
 
             figures = scorer_test_r_precision(scorer, test)
             scorer.info["test"] = {"folder": "/".join(test.parts[-2:]), **figures}
