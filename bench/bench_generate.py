@@ -56,7 +56,7 @@ def machine_info() -> dict:
     import diffusers
     import torch
 
-    from t2i_core.trainer import cpu_model
+    from t2i_core.training.loop import cpu_model
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"cpu": cpu_model(), "cores": cores, "torch": torch.__version__, "diffusers": diffusers.__version__,

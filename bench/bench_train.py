@@ -116,8 +116,8 @@ def main() -> int:
 
     import torch
 
-    from t2i_core.shapes import make_shapes_dataset
-    from t2i_core.trainer import Trainer, TrainConfig
+    from t2i_core.data.shapes import make_shapes_dataset
+    from t2i_core.training.loop import Trainer, TrainConfig
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -2,7 +2,7 @@
 
 Trains with the shapes recipe (`--init none`, or `--init default` to fine-tune the shipped model), pausing at
 each mark of the curve (e.g. 2, 5, 10, 30 minutes of training) to score the EMA generator on held-out captions
-with the deterministic checker in `t2i_core.shapes`:
+with the deterministic checker in `t2i_core.data.shapes`:
 - single objects, every colour-shape combination at both sizes, split into combinations seen in training and the
   never-seen ones (shapes.HELD_OUT);
 - two-object relation captions ("a red circle above a green square"), from a separately seeded set.
@@ -26,7 +26,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from t2i_core import shapes  # noqa: E402
 from t2i_core.pipeline import T2IPipeline  # noqa: E402
-from t2i_core.trainer import TrainConfig, image_grid, train  # noqa: E402
+from t2i_core.training.loop import TrainConfig, image_grid, train  # noqa: E402
 
 # From scratch: a narrow 32 px model and the two position-free losses, colour (sliced Wasserstein on pixel colours)
 # and shape (Fourier amplitude spectrum): objects sit anywhere, so reconstruction toward the real image would teach
@@ -88,7 +88,7 @@ def main() -> None:
                           checkpoint_every=10**9, log_every=50, seed=0, **recipe)
         model = train(cfg)
         done = mark
-        from t2i_core.trainer import list_checkpoints
+        from t2i_core.training.loop import list_checkpoints
 
         steps = json.loads((list_checkpoints(run)[-1] / "trainer_state.json").read_text())["step"]
         result = score(model, sets, args.samples)

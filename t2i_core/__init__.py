@@ -10,13 +10,13 @@ __version__ = "0.1.0"
 MAX_SEED = 2**32 - 1  # seeds are integers 0..MAX_SEED; here so the CLI can check them without importing torch
 
 _EXPORTS = {
-    "Discriminator": ".discriminator",
-    "Generator": ".generator",
+    "Discriminator": ".models.discriminator",
+    "Generator": ".models.generator",
     "T2IOutput": ".pipeline",
     "T2IPipeline": ".pipeline",
     "save_model_folder": ".pipeline",
-    "TextEmbedding": ".text_encoder",
-    "TextEncoder": ".text_encoder",
+    "TextEmbedding": ".text",
+    "TextEncoder": ".text",
 }
 
 __all__ = list(_EXPORTS)

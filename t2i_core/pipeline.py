@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import MAX_SEED
-from .generator import Generator
-from .text_encoder import DEFAULT_TEXT_ENCODER, TextEmbedding, TextEncoder
+from .models.generator import Generator
+from .text import DEFAULT_TEXT_ENCODER, TextEmbedding, TextEncoder
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "model"
 MAX_IMAGES = 64

@@ -34,7 +34,7 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .data import DataError, UploadLimits, load_pairs, safe_extract_zip
+from .data.loading import DataError, UploadLimits, load_pairs, safe_extract_zip
 
 RUNNING = "running"
 FINISHED = "finished"  # reached its step count or time budget

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from t2i_core.data import UploadLimits
+from t2i_core.data.loading import UploadLimits
 from t2i_core.runs import FINISHED, RUNNING, STOPPED, BusyError, RunInfo, RunManager, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]

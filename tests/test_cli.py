@@ -26,7 +26,7 @@ def run_cli(args, cwd):
     env = {k: v for k, v in os.environ.items() if k != "T2I_MODEL"}
     env["HF_HUB_OFFLINE"] = "1"
     env["OMP_NUM_THREADS"] = "1"  # tiny model; two runs share the cores
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(cli.__file__).parents[1]), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
     return subprocess.run(
         [sys.executable, "-m", "t2i_core", *map(str, args)], cwd=cwd, env=env, capture_output=True, text=True, timeout=240
     )

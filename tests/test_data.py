@@ -1,4 +1,4 @@
-"""Tests for t2i_core.data: every accepted layout, every image mode, fitting, reports and unsafe archives."""
+"""Tests for t2i_core.data.loading: every accepted layout, every image mode, fitting, reports and unsafe archives."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from t2i_core.data import (
+from t2i_core.data.loading import (
     DataError,
     LoadReport,
     Pair,

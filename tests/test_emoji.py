@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from t2i_core import emoji
-from t2i_core.emoji import (
+from t2i_core.data import emoji
+from t2i_core.data.emoji import (
     CorpusError,
     add_data_arguments,
     build_emoji_corpus,

@@ -12,7 +12,7 @@ spec.loader.exec_module(train_h200)
 
 
 def test_cut_encoder_tokenises_and_encodes_like_the_full_one(text_encoder, tmp_path):
-    from t2i_core.text_encoder import TextEncoder
+    from t2i_core.text import TextEncoder
 
     texts = ["grinning face, google style", "1st place medal", "keycap 1, fluent style", "a cat wearing sunglasses", ""]
     tok = text_encoder.tokenizer

@@ -2,9 +2,9 @@
 
 import torch
 
-from t2i_core import shapes
-from t2i_core.data import Pair, images_to_tensor
-from t2i_core.losses import color_distribution_loss, spectrum_loss
+from t2i_core.data import shapes
+from t2i_core.data.loading import Pair, images_to_tensor
+from t2i_core.training.loss import color_distribution_loss, spectrum_loss
 
 
 def _image(shape: str, color: str = "red", x: int = 20, y: int = 20):  # centre in pixels of 64

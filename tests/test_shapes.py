@@ -1,4 +1,4 @@
-"""Tests for t2i_core.shapes: the checker reads its own renders, rejects wrong ones; the set is deterministic."""
+"""Tests for t2i_core.data.shapes: the checker reads its own renders, rejects wrong ones; the set is deterministic."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from t2i_core.data import load_pairs
-from t2i_core.shapes import (
+from t2i_core.data.loading import load_pairs
+from t2i_core.data.shapes import (
     COLORS,
     HELD_OUT,
     SHAPES,

@@ -15,10 +15,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from t2i_core import shapes
+from t2i_core.data import shapes
 from t2i_core.pipeline import T2IPipeline
-from t2i_core.text_encoder import DEFAULT_TEXT_ENCODER
-from t2i_core.trainer import TrainConfig, Trainer, list_checkpoints, load_checkpoint, train
+from t2i_core.text import DEFAULT_TEXT_ENCODER
+from t2i_core.training.loop import TrainConfig, Trainer, list_checkpoints, load_checkpoint, train
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -94,7 +94,7 @@ def test_checkpoints_rotate_and_stop_request_checkpoints(shapes_dir, tmp_path):
 
 
 def test_injected_nan_loss_is_skipped(shapes_dir, tmp_path, monkeypatch):
-    import t2i_core.trainer as trainer_mod
+    import t2i_core.training.loop as trainer_mod
 
     real_loss = trainer_mod.d_hinge_loss
     steps = {"n": 0}
@@ -136,7 +136,7 @@ def test_non_finite_weights_roll_back_with_lower_lr(shapes_dir, tmp_path):
 def test_sigkill_during_checkpoint_write_keeps_previous(shapes_dir, tmp_path):
     run = tmp_path / "run"
     script = textwrap.dedent(f"""
-        import time, t2i_core.trainer as tr
+        import time, t2i_core.training.loop as tr
         real = tr.save_file
         def slow(tensors, path, *a, **k):
             real(tensors, path, *a, **k)
@@ -190,7 +190,7 @@ def test_two_process_gloo_matches_single_process(shapes_dir, tmp_path):
 def test_cli_config_file_and_flag_precedence(tmp_path):
     from argparse import ArgumentParser
 
-    from t2i_core.trainer import add_train_arguments, config_from_args
+    from t2i_core.training.loop import add_train_arguments, config_from_args
 
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps({"batch_size": 16, "lr_g": 1e-3, "data": "x"}))
@@ -208,7 +208,7 @@ def test_cli_config_file_and_flag_precedence(tmp_path):
 def test_cli_resume_keeps_saved_options_and_its_own_run_folder(tmp_path, capsys):
     from argparse import ArgumentParser
 
-    from t2i_core.trainer import add_train_arguments, config_from_args
+    from t2i_core.training.loop import add_train_arguments, config_from_args
 
     # A run folder copied from elsewhere: its saved options name the old folder and a recipe.
     run = tmp_path / "copy"

@@ -178,7 +178,7 @@ def split_folders(data: str | os.PathLike) -> tuple[Path, Path | None]:
 
 def load_eval_set(folder: Path, resolution: int, limit: int | None = None, seed: int = 0) -> EvalSet:
     """Load a split's pairs; with `limit`, keep a seeded random subset of `limit` captions (and their images)."""
-    from ..data import images_to_tensor, load_pairs
+    from ..data.loading import images_to_tensor, load_pairs
     from .scorer import read_group_keys
 
     pairs, _ = load_pairs(folder, resolution)
@@ -234,7 +234,7 @@ class TrainingImages:
 
 
 def load_training_images(folder: Path, resolution: int, text_encoder) -> TrainingImages:
-    from ..data import images_to_tensor, load_pairs
+    from ..data.loading import images_to_tensor, load_pairs
     pairs, _ = load_pairs(folder, resolution)
     captions = list(dict.fromkeys(p.text for p in pairs))
     index = {c: i for i, c in enumerate(captions)}
@@ -560,7 +560,7 @@ def _run_eval(args, scorer_dir: Path, test_dir: Path | None, train_dir: Path | N
         print(f"figures written to {args.json}")
     if args.grid:
         from ..pipeline import to_pil
-        from ..trainer import image_grid
+        from ..training.loop import image_grid
 
         first = report["generated_images"][:: args.samples][:64]
         grid = image_grid(to_pil(first.float().div(127.5).sub(1.0)), cols=8)

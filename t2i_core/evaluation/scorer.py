@@ -23,7 +23,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from ..text_encoder import DEFAULT_TEXT_ENCODER, TextEncoder
+from ..text import DEFAULT_TEXT_ENCODER, TextEncoder
 
 DEFAULT_SCORER_DIR = Path(__file__).resolve().parents[2] / "assets" / "scorer"
 WHITE = 1.0  # the corpus's background in [-1, 1]; augmentation pads with it
@@ -289,7 +289,7 @@ def pooled_text_vectors(text_encoder: TextEncoder, captions: list[str], batch_si
 def build_scorer_data(pairs, text_encoder: TextEncoder, group_keys: dict[str, str] | None = None,
                       resolution: int = 64, cache_text: bool = False) -> ScorerData:
     """Pairs -> ScorerData. Images with the same group key (else the same caption) are never each other's negatives."""
-    from ..data import images_to_tensor
+    from ..data.loading import images_to_tensor
 
     images = images_to_tensor(pairs)
     if images.shape[-1] != resolution:
@@ -320,7 +320,7 @@ def torch_threads(threads: int):
 def load_scorer_data(data_dir_or_pairs, text_encoder: TextEncoder, resolution: int = 64,
                      group_keys: dict[str, str] | None = None, cache_text: bool = False, log=print) -> ScorerData:
     """A training folder (a corpus root with train/ uses train/) or a list of `Pair`s -> ScorerData."""
-    from ..data import load_pairs
+    from ..data.loading import load_pairs
 
     if isinstance(data_dir_or_pairs, (str, os.PathLike)):
         folder = training_folder(data_dir_or_pairs)

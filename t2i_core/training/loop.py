@@ -23,15 +23,15 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
-from .discriminator import Discriminator
-from .generator import Generator
-from .losses import (AugmentParams, color_distribution_loss, d_hinge_loss, diff_augment, g_hinge_loss,
+from ..models.discriminator import Discriminator
+from ..models.generator import Generator
+from .loss import (AugmentParams, color_distribution_loss, d_hinge_loss, diff_augment, g_hinge_loss,
                      mode_seeking_ratio, r1_penalty, reconstruction_loss, spectrum_loss)
-from .pipeline import PRECISIONS, check_model_folder, default_model_path, read_model_index, save_model_folder, to_pil
-from .text_encoder import DEFAULT_TEXT_ENCODER, TextEmbedding
+from ..pipeline import PRECISIONS, check_model_folder, default_model_path, read_model_index, save_model_folder, to_pil
+from ..text import DEFAULT_TEXT_ENCODER, TextEmbedding
 
 CHECKPOINT_PREFIX = "checkpoint-"
-RECIPES = Path(__file__).resolve().parent / "recipes"  # named configs, e.g. --config emoji64_cpu
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"  # named configs, e.g. --config emoji64_cpu
 
 
 @dataclass
@@ -172,7 +172,7 @@ class PairData:
 
     @classmethod
     def build(cls, pairs, text_encoder, batch: int = 256) -> "PairData":
-        from .data import images_to_tensor
+        from ..data.loading import images_to_tensor
 
         images = ((images_to_tensor(pairs) + 1) * 127.5).round().to(torch.uint8)
         captions = sorted({t for p in pairs for t in (p.text, *p.alt_texts)})
@@ -309,8 +309,8 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, pairs=None, text_encoder=None, callback: Callable[[Progress], None] | None = None,
                  should_stop: Callable[[], bool] | None = None):
-        from .data import load_pairs
-        from .pipeline import load_text_encoder
+        from ..data.loading import load_pairs
+        from ..pipeline import load_text_encoder
 
         cfg.check()
         self.cfg, self.callback, self.should_stop = cfg, callback, should_stop or (lambda: False)

@@ -11,7 +11,7 @@ Output is an imagefolder::
     out_dir/ATTRIBUTION.md              sources, versions, licences and the credit they require
     out_dir/stats.json                  pairs per style and split, caption count
 
-Command line: ``python -m t2i_core.emoji --out DIR`` (or ``python -m t2i_core data emoji``).
+Command line: ``python -m t2i_core.data.emoji --out DIR`` (or ``python -m t2i_core data emoji``).
 """
 
 from __future__ import annotations
@@ -492,7 +492,7 @@ def _attribution(styles: list[str]) -> str:
     lines = [
         "# Emoji corpus: sources and licences",
         "",
-        "Built by `t2i_core.emoji.build_emoji_corpus` from these npm packages.",
+        "Built by `t2i_core.data.emoji.build_emoji_corpus` from these npm packages.",
         "",
         "| part | package | licence | credit |",
         "|---|---|---|---|",
@@ -546,6 +546,6 @@ def run_data_command(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="python -m t2i_core.emoji", description=__doc__.splitlines()[0])
+    _parser = argparse.ArgumentParser(prog="python -m t2i_core.data.emoji", description=__doc__.splitlines()[0])
     add_data_arguments(_parser)
     raise SystemExit(run_data_command(_parser.parse_args()))

@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from . import MAX_SEED
+from .. import MAX_SEED
 
 MAX_SIZE = 2048  # --size: a display upscale; larger only costs memory
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -119,7 +119,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
         description="Text-to-image GAN conditioned on a pretrained Transformer text encoder.",
         epilog="Run `python -m t2i_core COMMAND --help` for a command's options.",
     )
-    from . import __version__
+    from .. import __version__
 
     parser.add_argument("--version", action="version", version=f"t2i_core {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -157,14 +157,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     _add_model_arguments(p, size_default=256)
     p.set_defaults(func=run_animate)
 
-    _add_delegated(sub, "train", "t2i_core.trainer", "add_train_arguments", "run_train_command",
+    _add_delegated(sub, "train", "t2i_core.training.loop", "add_train_arguments", "run_train_command",
                    "train or fine-tune a model (see train --help)", command == "train")
     _add_delegated(sub, "eval", "t2i_core.evaluation.metrics", "add_eval_arguments", "run_eval_command",
                    "measure a model's quality on a data folder", command == "eval")
 
     data = sub.add_parser("data", help="build training corpora", description="Build training corpora offline.")
     data_sub = data.add_subparsers(dest="corpus", metavar="CORPUS", required=True)
-    _add_delegated(data_sub, "emoji", "t2i_core.emoji", "add_data_arguments", "run_data_command",
+    _add_delegated(data_sub, "emoji", "t2i_core.data.emoji", "add_data_arguments", "run_data_command",
                    "the default emoji corpus (needs Node.js's npm)", command == "data")
     return parser
 
@@ -175,7 +175,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 def _load_pipeline(args: argparse.Namespace):
     import torch
 
-    from .pipeline import T2IPipeline
+    from ..pipeline import T2IPipeline
 
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {args.device}: no CUDA GPU is available here; use --device cpu")
@@ -237,7 +237,7 @@ def read_prompts_file(path: Path) -> list[tuple[str, str]]:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from .pipeline import T2IPipeline
+    from ..pipeline import T2IPipeline
 
     seed = _resolve_seed(args.seed)
     n = args.num_images
@@ -277,8 +277,8 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_animate(args: argparse.Namespace) -> int:
-    from .pipeline import T2IPipeline
-    from .video import check_animation_path, save_animation
+    from ..pipeline import T2IPipeline
+    from ..video import check_animation_path, save_animation
 
     check_animation_path(args.out)
     seed = _resolve_seed(args.seed)
