@@ -40,7 +40,7 @@ def default_architecture_model(folder: Path) -> Path:
     import torch
 
     from t2i_core import Discriminator, Generator, save_model_folder
-    from t2i_core.pipeline import load_text_encoder
+    from t2i_core.text import load_text_encoder
 
     encoder = load_text_encoder()
     torch.manual_seed(0)

@@ -56,7 +56,7 @@ def machine_info() -> dict:
     import diffusers
     import torch
 
-    from t2i_core.training.loop import cpu_model
+    from t2i_core.training.log import cpu_model
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {"cpu": cpu_model(), "cores": cores, "torch": torch.__version__, "diffusers": diffusers.__version__,
@@ -144,7 +144,7 @@ class Baseline:
     def __call__(self, prompts: list[str], seed: int) -> list:
         import torch
 
-        from t2i_core.pipeline import to_pil
+        from t2i_core.images import to_pil
 
         with torch.no_grad():
             text = self.text_encoder(prompts)

@@ -64,7 +64,7 @@ class BaselineTrainer:
         import torch
         from diffusers import DDPMScheduler
 
-        from t2i_core.pipeline import PRECISIONS
+        from t2i_core.models.folder import PRECISIONS
 
         self.unet = unet.train().to(memory_format=torch.channels_last)
         self.data, self.batch_size, self.seed = data, batch_size, seed
@@ -117,7 +117,8 @@ def main() -> int:
     import torch
 
     from t2i_core.data.shapes import make_shapes_dataset
-    from t2i_core.training.loop import Trainer, TrainConfig
+    from t2i_core.training.config import TrainConfig
+    from t2i_core.training.loop import Trainer
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -26,7 +26,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from t2i_core import shapes  # noqa: E402
 from t2i_core.pipeline import T2IPipeline  # noqa: E402
-from t2i_core.training.loop import TrainConfig, image_grid, train  # noqa: E402
+from t2i_core.images import image_grid  # noqa: E402
+from t2i_core.training.config import TrainConfig  # noqa: E402
+from t2i_core.training.loop import train  # noqa: E402
 
 # From scratch: a narrow 32 px model and the two position-free losses, colour (sliced Wasserstein on pixel colours)
 # and shape (Fourier amplitude spectrum): objects sit anywhere, so reconstruction toward the real image would teach
@@ -88,7 +90,7 @@ def main() -> None:
                           checkpoint_every=10**9, log_every=50, seed=0, **recipe)
         model = train(cfg)
         done = mark
-        from t2i_core.training.loop import list_checkpoints
+        from t2i_core.training.checkpoints import list_checkpoints
 
         steps = json.loads((list_checkpoints(run)[-1] / "trainer_state.json").read_text())["step"]
         result = score(model, sets, args.samples)

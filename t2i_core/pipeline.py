@@ -2,69 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
 from . import MAX_SEED
+from .images import to_pil
+from .models.folder import (DEFAULT_MODEL_DIR, PRECISIONS, check_model_folder, default_model_path,  # noqa: F401
+                            read_model_index, save_model_folder)
 from .models.generator import Generator
-from .text import DEFAULT_TEXT_ENCODER, TextEmbedding, TextEncoder
+from .text import DEFAULT_TEXT_ENCODER, TextEmbedding, TextEncoder, load_text_encoder  # noqa: F401
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "model"
 MAX_IMAGES = 64
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-_TEXT_ENCODERS: dict[str, TextEncoder] = {}
-
-
-def load_text_encoder(name: str = DEFAULT_TEXT_ENCODER) -> TextEncoder:
-    """One shared, frozen TextEncoder per name (several pipelines in one process use the same weights)."""
-    if name not in _TEXT_ENCODERS:
-        _TEXT_ENCODERS[name] = TextEncoder(name)
-    return _TEXT_ENCODERS[name]
-
-
-def default_model_path() -> Path:
-    """The folder `from_pretrained()` loads with no argument: $T2I_MODEL, else the shipped assets/model/."""
-    return Path(os.environ.get("T2I_MODEL") or DEFAULT_MODEL_DIR)
-
-
-def check_model_folder(path: str | os.PathLike, components: tuple[str, ...] = ("generator",)) -> Path:
-    """Raise ValueError, saying what to do, unless `path` is a model folder with safetensors weights."""
-    path = Path(path)
-    if not path.is_dir():
-        raise ValueError(f"Model folder {str(path)!r} does not exist; pass a folder made by `python -m t2i_core train` (RUN_DIR/model).")
-    if not (path / "model_index.json").is_file():
-        raise ValueError(f"{str(path)!r} is not a model folder: model_index.json is missing.")
-    for name in components:
-        sub = path / name
-        if not (sub / "config.json").is_file():
-            raise ValueError(f"Model folder {str(path)!r} has no {name}/config.json.")
-        if not list(sub.glob("*.safetensors")):
-            pickled = [p.name for p in sub.iterdir() if p.suffix in PICKLE_SUFFIXES]
-            if pickled:
-                raise ValueError(
-                    f"{name}/ in {str(path)!r} holds only pickled weights ({', '.join(pickled)}); they are refused because "
-                    "loading them can run arbitrary code. Convert them to .safetensors (safetensors.torch.save_file)."
-                )
-            raise ValueError(f"{name}/ in {str(path)!r} has no .safetensors weights.")
-    return path
-
-
-def read_model_index(path: str | os.PathLike) -> dict:
-    try:
-        return json.loads((Path(path) / "model_index.json").read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"model_index.json in {str(path)!r} cannot be read ({err}); re-save the model folder.") from err
-
 
 @dataclass
 class T2IOutput:
@@ -73,15 +27,6 @@ class T2IOutput:
     images: list[Image.Image]
     seeds: list[int]
     prompts: list[str] = field(default_factory=list)
-
-
-def to_pil(images: torch.Tensor, size: int | None = None) -> list[Image.Image]:
-    """(B, 3, R, R) in [-1, 1] -> PIL RGB images, optionally upscaled to size x size for display."""
-    arr = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    out = [Image.fromarray(a, "RGB") for a in arr]
-    if size is not None and size != arr.shape[1]:
-        out = [im.resize((size, size), Image.Resampling.LANCZOS) for im in out]
-    return out
 
 
 def noise_for_seeds(seeds: list[int], z_dim: int) -> torch.Tensor:
@@ -269,42 +214,3 @@ class T2IPipeline:
             ).to(self.dtype)
             out.append(self._generate(z_t, TextEmbedding(states, bias, pooled), truncation, guidance))
         return to_pil(torch.cat(out), size)
-
-
-def save_model_folder(path, generator: Generator, text_encoder_name: str, discriminator=None,
-                      storage_dtype: torch.dtype | None = None, training: dict | None = None) -> Path:
-    """Write model_index.json plus one config.json + safetensors folder per component.
-
-    storage_dtype (e.g. torch.float16) stores the weights in that type, halving the files; loading casts back.
-    training (steps, images seen, hardware, ...) is recorded in model_index.json under "training".
-    """
-    import copy
-
-    from . import __version__
-
-    def save(model, folder: Path) -> None:
-        if storage_dtype is not None and storage_dtype != model.dtype:
-            model = copy.deepcopy(model).to(storage_dtype)
-        model.save_pretrained(folder, safe_serialization=True)
-        # diffusers records where a loaded model came from; a model folder must not carry this machine's paths.
-        config = folder / "config.json"
-        config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != "_name_or_path"},
-                                     indent=2, sort_keys=True) + "\n")
-
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    save(generator, path / "generator")
-    index = {
-        "_class_name": "T2IPipeline",
-        "_t2i_core_version": __version__,
-        "text_encoder": text_encoder_name,
-        "generator": ["t2i_core", "Generator"],
-        "resolution": generator.config.resolution,
-    }
-    if discriminator is not None:
-        save(discriminator, path / "discriminator")
-        index["discriminator"] = ["t2i_core", "Discriminator"]
-    if training is not None:
-        index["training"] = training
-    (path / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-    return path

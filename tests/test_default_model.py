@@ -10,7 +10,8 @@ from test_emoji import PACKAGE_DIRS
 from t2i_core import T2IPipeline
 from t2i_core.data.emoji import build_emoji_corpus
 from t2i_core.pipeline import DEFAULT_MODEL_DIR
-from t2i_core.training.loop import RECIPES, TrainConfig, Trainer
+from t2i_core.training.config import RECIPES, TrainConfig
+from t2i_core.training.loop import Trainer
 
 
 def test_shipped_weights_load_and_draw(monkeypatch):

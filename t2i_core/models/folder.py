@@ -1,0 +1,92 @@
+"""Model folders: model_index.json plus one config.json + safetensors folder per component (see DESIGN.md).
+
+safetensors only: a folder with only pickled weights is refused, since loading them can run arbitrary code.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from .. import __version__
+
+if TYPE_CHECKING:
+    from .generator import Generator
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "assets" / "model"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def default_model_path() -> Path:
+    """The folder `from_pretrained()` loads with no argument: $T2I_MODEL, else the shipped assets/model/."""
+    return Path(os.environ.get("T2I_MODEL") or DEFAULT_MODEL_DIR)
+
+
+def check_model_folder(path: str | os.PathLike, components: tuple[str, ...] = ("generator",)) -> Path:
+    """Raise ValueError, saying what to do, unless `path` is a model folder with safetensors weights."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ValueError(f"Model folder {str(path)!r} does not exist; pass a folder made by `python -m t2i_core train` (RUN_DIR/model).")
+    if not (path / "model_index.json").is_file():
+        raise ValueError(f"{str(path)!r} is not a model folder: model_index.json is missing.")
+    for name in components:
+        sub = path / name
+        if not (sub / "config.json").is_file():
+            raise ValueError(f"Model folder {str(path)!r} has no {name}/config.json.")
+        if not list(sub.glob("*.safetensors")):
+            pickled = [p.name for p in sub.iterdir() if p.suffix in PICKLE_SUFFIXES]
+            if pickled:
+                raise ValueError(
+                    f"{name}/ in {str(path)!r} holds only pickled weights ({', '.join(pickled)}); they are refused because "
+                    "loading them can run arbitrary code. Convert them to .safetensors (safetensors.torch.save_file)."
+                )
+            raise ValueError(f"{name}/ in {str(path)!r} has no .safetensors weights.")
+    return path
+
+
+def read_model_index(path: str | os.PathLike) -> dict:
+    try:
+        return json.loads((Path(path) / "model_index.json").read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"model_index.json in {str(path)!r} cannot be read ({err}); re-save the model folder.") from err
+
+
+def save_model_folder(path, generator: Generator, text_encoder_name: str, discriminator=None,
+                      storage_dtype: torch.dtype | None = None, training: dict | None = None) -> Path:
+    """Write model_index.json plus one config.json + safetensors folder per component.
+
+    storage_dtype (e.g. torch.float16) stores the weights in that type, halving the files; loading casts back.
+    training (steps, images seen, hardware, ...) is recorded in model_index.json under "training".
+    """
+    def save(model, folder: Path) -> None:
+        if storage_dtype is not None and storage_dtype != model.dtype:
+            model = copy.deepcopy(model).to(storage_dtype)
+        model.save_pretrained(folder, safe_serialization=True)
+        # diffusers records where a loaded model came from; a model folder must not carry this machine's paths.
+        config = folder / "config.json"
+        config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != "_name_or_path"},
+                                     indent=2, sort_keys=True) + "\n")
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    save(generator, path / "generator")
+    index = {
+        "_class_name": "T2IPipeline",
+        "_t2i_core_version": __version__,
+        "text_encoder": text_encoder_name,
+        "generator": ["t2i_core", "Generator"],
+        "resolution": generator.config.resolution,
+    }
+    if discriminator is not None:
+        save(discriminator, path / "discriminator")
+        index["discriminator"] = ["t2i_core", "Discriminator"]
+    if training is not None:
+        index["training"] = training
+    (path / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return path
