@@ -2,15 +2,17 @@
 
 import hashlib
 import json
+from dataclasses import fields
 
 import numpy as np
+import pytest
 import torch
 from test_emoji import PACKAGE_DIRS
 
 from t2i_core import T2IPipeline
 from t2i_core.data.emoji import build_emoji_corpus
 from t2i_core.pipeline import DEFAULT_MODEL_DIR
-from t2i_core.training.config import RECIPES, TrainConfig
+from t2i_core.training.config import RECIPES, TrainConfig, load_recipe
 from t2i_core.training.loop import Trainer
 
 
@@ -27,6 +29,23 @@ def test_shipped_weights_load_and_draw(monkeypatch):
     pixels = np.stack([np.asarray(im, dtype=np.int16) for im in out.images])
     assert pixels.std() > 10  # not a blank or constant canvas
     assert np.abs(pixels[0] - pixels[2]).mean() > 3  # the prompt changes the picture
+
+
+@pytest.mark.parametrize("recipe", sorted(p.stem for p in RECIPES.glob("*.json")))
+def test_recipes_are_complete_resolved_configs(recipe):
+    """A recipe sets every option, so that a default changed later cannot change what it trains."""
+    values = json.loads((RECIPES / f"{recipe}.json").read_text())
+    names = [f.name for f in fields(TrainConfig)]
+    assert sorted(set(names) - set(values)) == [], "missing"
+    assert sorted(set(values) - set(names)) == [], "unknown"
+    assert load_recipe(recipe).to_dict() == values
+
+
+def test_the_emoji_recipe_trains_the_shipped_objective():
+    # The shipped model trained with the mode-seeking term and style-free alternative captions (model card).
+    cfg = load_recipe("emoji64_cpu")
+    assert (cfg.diversity_weight, cfg.diversity_cap, cfg.alt_caption_prob, cfg.shape_weight) == (1.0, 0.5, 0.3, 0.0)
+    assert (cfg.rec_weight, cfg.color_weight, cfg.caption_dropout, cfg.r1_gamma, cfg.r1_every) == (1.0, 1.0, 0.1, 0.1, 4)
 
 
 def test_recipe_trains_three_steps_on_the_fixture_corpus(tmp_path):
