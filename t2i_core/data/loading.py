@@ -15,14 +15,11 @@ is told which; only "nothing usable at all" is an error. Hidden files and folder
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os
 import posixpath
-import re
 import shutil
-import stat
 import tempfile
 import warnings
 import zipfile
@@ -34,8 +31,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from .archives import DataError, UploadLimits, safe_extract_zip  # noqa: F401  (part of this module's API)
+from .metadata import METADATA_NAMES, read_all_metadata
+
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
-METADATA_NAMES = ("metadata.jsonl", "metadata.csv")
 DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 FITS = ("crop", "pad")
 
@@ -48,22 +47,6 @@ LAYOUTS_HELP = (
 )
 
 _WHITE = (255, 255, 255)
-_CHUNK = 1 << 20
-_DRIVE_LETTER = re.compile(r"^[A-Za-z]:")
-
-
-class DataError(ValueError):
-    """The data given cannot be used; the message says what was wrong and what to do instead."""
-
-
-@dataclass
-class UploadLimits:
-    """Bounds on untrusted input: archives (entries, bytes) and images (pixels, checked before decoding)."""
-
-    max_entries: int = 20000
-    max_total_bytes: int = 2 * 1024**3  # total uncompressed
-    max_image_pixels: int = 40_000_000  # per image: refuses decompression bombs
-    max_file_bytes: int = 200 * 1024**2
 
 
 @dataclass
@@ -165,135 +148,6 @@ def images_to_tensor(pairs: list[Pair]) -> torch.Tensor:
     return batch.permute(0, 3, 1, 2).float().div(127.5).sub(1.0).contiguous()
 
 
-def safe_extract_zip(
-    zip_path: str | os.PathLike, dest_dir: str | os.PathLike, limits: UploadLimits | None = None
-) -> Path:
-    """Extract `zip_path` into `dest_dir` (created; must be new or empty) and return `dest_dir` as a Path.
-
-    Every entry is checked before anything is written: absolute paths, drive letters, '..' components, symlinks,
-    encrypted entries, too many entries, declared sizes over the limits. Sizes are counted again while streaming,
-    because headers can lie; if that (or anything else) fails mid-way, what was written is removed. On refusal a
-    DataError says why, and nothing is left outside (or inside) `dest_dir`.
-    """
-    limits = limits or UploadLimits()
-    dest = Path(dest_dir)
-    created = not dest.exists()
-    if not created and (not dest.is_dir() or any(dest.iterdir())):
-        raise DataError(f"cannot extract into {dest}: it exists and is not an empty folder; pass a new or empty one.")
-    try:
-        archive = zipfile.ZipFile(zip_path)
-    except (zipfile.BadZipFile, OSError) as error:
-        raise DataError(f"{zip_path} is not a readable zip archive ({error}); re-create it with a zip tool.") from error
-    with archive:
-        plan = _plan_extraction(archive, Path(zip_path).name, limits)
-        dest.mkdir(parents=True, exist_ok=True)
-        try:
-            _write_members(archive, plan, dest, limits)
-        except BaseException as error:
-            _remove_extracted(dest, created)
-            if isinstance(error, DataError) or not isinstance(error, Exception):
-                raise
-            raise DataError(f"cannot extract {zip_path}: {error}. The archive looks damaged; re-create it.") from error
-    return dest
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Archive safety.
-
-
-def _plan_extraction(
-    archive: zipfile.ZipFile, name: str, limits: UploadLimits
-) -> list[tuple[zipfile.ZipInfo, list[str]]]:
-    """Validate every entry up front, so a bad archive is refused before a single byte is written."""
-    entries = archive.infolist()
-    if len(entries) > limits.max_entries:
-        raise DataError(
-            f"{name} has {len(entries)} entries, over the limit of {limits.max_entries} (max_entries); "
-            "split the data into smaller archives."
-        )
-    plan, declared = [], 0
-    for info in entries:
-        parts = _member_parts(info.filename, name)
-        if stat.S_ISLNK(info.external_attr >> 16):
-            raise DataError(f"{name} entry {info.filename!r} is a symbolic link; zip the files themselves instead.")
-        if info.flag_bits & 0x1:
-            raise DataError(f"{name} entry {info.filename!r} is password-protected; upload an unencrypted zip.")
-        if info.file_size > limits.max_file_bytes:
-            raise DataError(
-                f"{name} entry {info.filename!r} unpacks to {info.file_size} bytes, over the per-file limit of "
-                f"{limits.max_file_bytes} (max_file_bytes); shrink or drop that file."
-            )
-        declared += info.file_size
-        if declared > limits.max_total_bytes:
-            raise DataError(
-                f"{name} unpacks to more than {limits.max_total_bytes} bytes (max_total_bytes); "
-                "upload a smaller archive."
-            )
-        if parts:
-            plan.append((info, parts))
-    return plan
-
-
-def _member_parts(member: str, name: str) -> list[str]:
-    """Split an entry name into path parts that stay inside the destination, or raise DataError."""
-    # Zips made on Windows may use backslashes; treat them as separators so '..\\x' is caught too.
-    normal = member.replace("\\", "/")
-    if "\x00" in normal:
-        raise DataError(f"{name} entry {member!r} has a NUL byte in its name; re-create the archive.")
-    if normal.startswith("/") or _DRIVE_LETTER.match(normal):
-        raise DataError(
-            f"{name} entry {member!r} has an absolute path; zip the folder's contents with relative paths "
-            "(e.g. `cd data && zip -r ../data.zip .`)."
-        )
-    parts = [part for part in normal.split("/") if part not in ("", ".")]
-    if ".." in parts:
-        raise DataError(
-            f"{name} entry {member!r} climbs out of the archive with '..'; zip the folder's contents with "
-            "relative paths (e.g. `cd data && zip -r ../data.zip .`)."
-        )
-    return parts
-
-
-def _write_members(
-    archive: zipfile.ZipFile, plan: list[tuple[zipfile.ZipInfo, list[str]]], dest: Path, limits: UploadLimits
-) -> None:
-    total = 0
-    for info, parts in plan:
-        target = dest.joinpath(*parts)
-        if info.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        written = 0
-        # "xb": a second entry with the same name is refused rather than silently overwriting the first.
-        with archive.open(info) as source, open(target, "xb") as out:
-            while chunk := source.read(_CHUNK):
-                written += len(chunk)
-                total += len(chunk)
-                if written > limits.max_file_bytes or total > limits.max_total_bytes:
-                    raise DataError(
-                        f"entry {info.filename!r} unpacks to more than its header says and over the limits "
-                        f"(max_file_bytes={limits.max_file_bytes}, max_total_bytes={limits.max_total_bytes}); "
-                        "the archive is unsafe, re-create it."
-                    )
-                out.write(chunk)
-
-
-def _remove_extracted(dest: Path, created: bool) -> None:
-    if created:
-        shutil.rmtree(dest, ignore_errors=True)
-        return
-    for child in dest.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child, ignore_errors=True)
-        else:
-            child.unlink(missing_ok=True)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Layout detection and the three layouts.
-
-
 def _load_tree(root: Path, shown_as: str, options: _Options) -> tuple[list[Pair], LoadReport]:
     dataset_root = _find_dataset_root(root)
     if dataset_root is not None:
@@ -339,7 +193,7 @@ def _list_files(root: Path) -> list[str]:
 def _load_files(root: Path, options: _Options) -> tuple[list[Pair], list[tuple[str, str]]]:
     """Metadata-file and sidecar-.txt layouts; an image listed in metadata uses that caption, else its .txt."""
     files = _list_files(root)
-    listed, skipped, has_metadata, alternatives = _read_all_metadata(root, files, options.caption_column)
+    listed, skipped, has_metadata, alternatives = read_all_metadata(root, files, options.caption_column)
     file_set = set(files)
     images = {rel for rel in files if posixpath.splitext(rel)[1].lower() in IMAGE_SUFFIXES}
     image_stems = {posixpath.splitext(rel)[0] for rel in images}
@@ -387,90 +241,6 @@ def _load_files(root: Path, options: _Options) -> tuple[list[Pair], list[tuple[s
         except _Skip as reason:
             skipped.append((rel, str(reason)))
     return pairs, skipped
-
-
-def _read_all_metadata(
-    root: Path, files: list[str], caption_column: str
-) -> tuple[dict[str, Any], list[tuple[str, str]], bool, dict[str, list]]:
-    """Map image path -> raw caption from every metadata file; bad rows are skipped with the row as source.
-    Also returns image path -> its "alt_texts" list, where a row has one."""
-    metadata_files = [rel for rel in files if posixpath.basename(rel) in METADATA_NAMES]
-    folders = [posixpath.dirname(rel) for rel in metadata_files]
-    for folder in set(folders):
-        if folders.count(folder) > 1:
-            raise DataError(
-                f"folder {folder or '.'!r} has both metadata.jsonl and metadata.csv; keep one of them."
-            )
-    listed: dict[str, Any] = {}
-    alternatives: dict[str, list] = {}
-    origin: dict[str, str] = {}
-    skipped: list[tuple[str, str]] = []
-    for meta_rel in metadata_files:
-        base = posixpath.dirname(meta_rel)
-        for line, row in _metadata_rows(root / meta_rel, meta_rel, caption_column, skipped):
-            where = f"{meta_rel}:{line}"
-            file_name = row.get("file_name")
-            if not isinstance(file_name, str) or not file_name.strip():
-                skipped.append((where, "no file_name"))
-                continue
-            if caption_column not in row:
-                skipped.append((where, f"no {caption_column!r} field"))
-                continue
-            rel = _resolve_listed(base, file_name.strip())
-            if rel is None:
-                skipped.append((where, f"file_name {file_name!r} points outside the data folder"))
-            elif not (root / rel).is_file():
-                skipped.append((where, f"image {file_name!r} not found"))
-            elif rel in listed:
-                skipped.append((where, f"{rel} is already captioned by {origin[rel]}"))
-            else:
-                listed[rel], origin[rel] = row[caption_column], where
-                if isinstance(row.get("alt_texts"), list):
-                    alternatives[rel] = row["alt_texts"]
-    return listed, skipped, bool(metadata_files), alternatives
-
-
-def _metadata_rows(
-    path: Path, shown_as: str, caption_column: str, skipped: list[tuple[str, str]]
-) -> list[tuple[int, dict]]:
-    """Rows of one metadata file with their line numbers; a missing column is an error, a bad line a skip."""
-    rows: list[tuple[int, dict]] = []
-    if path.suffix == ".csv":
-        with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.DictReader(handle)
-            columns = reader.fieldnames or []
-            rows = [(reader.line_num, row) for row in reader]
-    else:
-        with open(path, encoding="utf-8-sig") as handle:
-            for line_number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    skipped.append((f"{shown_as}:{line_number}", f"invalid JSON: {error}"))
-                    continue
-                if isinstance(row, dict):
-                    rows.append((line_number, row))
-                else:
-                    skipped.append((f"{shown_as}:{line_number}", "line is not a JSON object"))
-        columns = sorted({key for _, row in rows for key in row})
-    for needed, hint in (("file_name", "name each image in a 'file_name' column"),
-                         (caption_column, "pass caption_column= (--caption-column) naming the caption column")):
-        if rows and needed not in columns:
-            raise DataError(f"{shown_as} has no {needed!r} column (columns: {list(columns)}); {hint}.")
-    return rows
-
-
-def _resolve_listed(base: str, file_name: str) -> str | None:
-    """A metadata file_name as a path relative to the data root, or None if it would leave the root."""
-    normal = file_name.replace("\\", "/")
-    if normal.startswith("/") or _DRIVE_LETTER.match(normal):
-        return None
-    joined = posixpath.normpath(posixpath.join(base, normal))
-    if joined == ".." or joined.startswith("../"):
-        return None
-    return joined
 
 
 def _load_saved_dataset(folder: Path, options: _Options) -> tuple[list[Pair], list[tuple[str, str]]]:
