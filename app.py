@@ -1,7 +1,9 @@
 """The web app (a Hugging Face Space): Generate, Fine-tune, Animate and About tabs over t2i_core's public API.
 
 Layout and wiring only: pure functions first, then `with gr.Blocks() as demo:`, wiring last. Models come from
-`t2i_core.pipeline`, runs (uploads, the training process, progress, retention) from `t2i_core.runs`.
+`t2i_core` (T2IPipeline through `t2i_app.PipelineCache`), runs (uploads, the training process, progress,
+retention) from the app-side package `t2i_app`. Importing this module writes nothing: the runs folder is opened
+at launch.
 
     python app.py        # serves on 0.0.0.0:7860; GRADIO_SERVER_NAME / GRADIO_SERVER_PORT override
     env: T2I_MODEL (model folder used as the shipped one), T2I_RUNS_DIR (./runs), T2I_MAX_RUNS (30),
@@ -28,11 +30,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import gradio as gr  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from t2i_core.pipeline import MAX_SEED  # noqa: E402
-from t2i_core.runs import (  # noqa: E402
+from t2i_app import (  # noqa: E402
     DEFAULT_MODEL_KEY, FAILED, FINISHED, INTERRUPTED, PLOTTED_LOSSES, RUNNING, SCRATCH_KEY, STOPPED,
     BusyError, PipelineCache, Progress, RunInfo, RunManager, check_owner,
 )
+from t2i_core import MAX_SEED  # noqa: E402
 from t2i_core.video import save_animation  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
@@ -470,6 +472,7 @@ demo.queue(max_size=64)
 
 def main() -> None:
     """Serve on GRADIO_SERVER_NAME:GRADIO_SERVER_PORT (default 0.0.0.0:7860)."""
+    manager.open()
     atexit.register(manager.shutdown)
     # SIGTERM (a Space restarting, a test ending) runs atexit too, so a live run keeps its last checkpoint.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -21,7 +21,7 @@ import pytest
 from PIL import Image
 
 from t2i_core.data.loading import UploadLimits
-from t2i_core.runs import FINISHED, RUNNING, STOPPED, BusyError, RunInfo, RunManager, read_metrics
+from t2i_app import FINISHED, RUNNING, STOPPED, BusyError, RunInfo, RunManager, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 OWNER = "test-owner-1"
@@ -261,7 +261,9 @@ def test_one_training_process_at_a_time(tmp_path):
             manager.stop("bob")
         args = wait_for(lambda: (info.path / "args.txt").is_file() and (info.path / "args.txt").read_text(), 20,
                         "the trainer to start")
-        assert "train" in args and "--threads 1" in args and f"--out {info.path}" in args
+        assert f"-m t2i_core train --config {info.path / 'train_config.json'}" in args
+        started = json.loads((info.path / "train_config.json").read_text())  # a complete TrainConfig
+        assert (started["threads"], started["out"], started["max_steps"], started["init"]) == (1, str(info.path), 10, "none")
         assert (info.path / "omp.txt").read_text().strip() == "1"
         manager.stop("alice")
         final = manager.wait(20)
@@ -384,3 +386,15 @@ def test_stop_keeps_the_last_checkpoint_usable(tmp_path, tiny_model_dir, monkeyp
     assert (final.path / f"checkpoint-{step}").is_dir() and final.usable
     out = T2IPipeline.from_pretrained(final.model_dir)("red square", num_images=1, seed=0)
     assert out.images[0].size == (16, 16)
+
+
+def test_importing_the_app_writes_nothing(tmp_path):
+    """`import app` builds the page but creates no runs folder, secret or upload area: that waits for launch."""
+    runs = tmp_path / "runs"
+    env = {**os.environ, "T2I_RUNS_DIR": str(runs), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("T2I_BROWSER_SECRET", None)
+    code = "import app; assert app.demo is not None; assert app.manager.browser_secret()"
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not runs.exists()
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith(".")) == []
