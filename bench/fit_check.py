@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from t2i_core import T2IPipeline  # noqa: E402
-from t2i_core.evaluation.metrics import (_resize_uint8, choose_distractors, generated_images, image_features,  # noqa: E402
-                                 load_training_images, per_caption_rate, pil_to_uint8, r_precision_hits,
-                                 read_prompts, retrieved_images)
+from t2i_core.evaluation.metrics import choose_distractors, per_caption_rate, r_precision_hits  # noqa: E402
+from t2i_core.evaluation.report import (_resize_uint8, generated_images, image_features,  # noqa: E402
+                                        load_training_images, pil_to_uint8, read_prompts, retrieved_images)
 from t2i_core.evaluation.scorer import ContrastiveScorer, pooled_text_vectors, torch_threads, training_folder  # noqa: E402
 
 

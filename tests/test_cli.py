@@ -249,8 +249,8 @@ def test_missing_command_module_is_reported(monkeypatch, capsys):
     real_import = cli.importlib.import_module
 
     def fake_import(name, *args):
-        if name == "t2i_core.evaluation.metrics":
-            raise ModuleNotFoundError("No module named 't2i_core.evaluation.metrics'")
+        if name == "t2i_core.cli.evaluate":
+            raise ModuleNotFoundError("No module named 't2i_core.cli.evaluate'")
         return real_import(name, *args)
 
     monkeypatch.setattr(cli.importlib, "import_module", fake_import)

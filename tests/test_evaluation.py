@@ -9,20 +9,20 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from t2i_core.cli.evaluate import add_eval_arguments, run_eval_command
 from t2i_core.evaluation.metrics import (
-    add_eval_arguments,
     alignment,
     choose_distractors,
     diversity,
-    fd_pairing,
     frechet_distance,
     max_distractors,
     per_caption_rate,
     pixel_diversity,
     r_precision,
-    run_eval_command,
 )
-from t2i_core.evaluation.scorer import ContrastiveScorer, ImageEncoder, contrastive_loss, shift_and_zoom, train_scorer
+from t2i_core.evaluation.report import fd_pairing
+from t2i_core.evaluation.scorer import ContrastiveScorer, ImageEncoder, contrastive_loss, shift_and_zoom
+from t2i_core.evaluation.scorer_training import train_scorer
 
 TINY_SCORER = dict(resolution=16, channels=(8, 16), embed_dim=16)
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 60, 220), "orange": (250, 150, 20)}
@@ -207,7 +207,7 @@ def test_scorer_save_load_round_trip(text_encoder, tmp_path):
         emb = loaded.encode_images(torch.rand(2, 3, 40, 40))  # other sizes are resized to the scorer's
     assert emb.shape == (2, 16) and torch.allclose(emb.norm(dim=-1), torch.ones(2))
     assert loaded.logit_scale.item() == 2.5
-    with pytest.raises(ValueError, match="python -m t2i_core.evaluation.scorer"):
+    with pytest.raises(ValueError, match="python -m t2i_core.evaluation.scorer_training"):
         ContrastiveScorer.from_pretrained(tmp_path / "missing", text_encoder=text_encoder)
 
 
@@ -289,7 +289,7 @@ def test_eval_command_with_free_form_prompts(shapes_corpus, tiny_model_dir, tiny
 def test_eval_command_errors_say_what_to_do(shapes_corpus, tiny_model_dir, tiny_scorer_dir, tmp_path):
     parser = argparse.ArgumentParser()
     add_eval_arguments(parser)
-    with pytest.raises(ValueError, match="python -m t2i_core.evaluation.scorer"):
+    with pytest.raises(ValueError, match="python -m t2i_core.evaluation.scorer_training"):
         run_eval_command(parser.parse_args(["--model", str(tiny_model_dir), "--data", str(shapes_corpus),
                                             "--scorer", str(tmp_path / "none")]))
     with pytest.raises(ValueError, match="--data"):

@@ -159,7 +159,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     _add_delegated(sub, "train", "t2i_core.cli.train", "add_train_arguments", "run_train_command",
                    "train or fine-tune a model (see train --help)", command == "train")
-    _add_delegated(sub, "eval", "t2i_core.evaluation.metrics", "add_eval_arguments", "run_eval_command",
+    _add_delegated(sub, "eval", "t2i_core.cli.evaluate", "add_eval_arguments", "run_eval_command",
                    "measure a model's quality on a data folder", command == "eval")
 
     data = sub.add_parser("data", help="build training corpora", description="Build training corpora offline.")
