@@ -13,9 +13,9 @@ import pytest
 from PIL import Image
 
 from t2i_core.data import emoji
+from t2i_core.cli.data import add_data_arguments
 from t2i_core.data.emoji import (
     CorpusError,
-    add_data_arguments,
     build_emoji_corpus,
     caption_from_label,
     fetch_package,

@@ -164,7 +164,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="build training corpora", description="Build training corpora offline.")
     data_sub = data.add_subparsers(dest="corpus", metavar="CORPUS", required=True)
-    _add_delegated(data_sub, "emoji", "t2i_core.data.emoji", "add_data_arguments", "run_data_command",
+    _add_delegated(data_sub, "emoji", "t2i_core.cli.data", "add_data_arguments", "run_data_command",
                    "the default emoji corpus (needs Node.js's npm)", command == "data")
     return parser
 

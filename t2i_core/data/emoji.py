@@ -11,24 +11,22 @@ Output is an imagefolder::
     out_dir/ATTRIBUTION.md              sources, versions, licences and the credit they require
     out_dir/stats.json                  pairs per style and split, caption count
 
-Command line: ``python -m t2i_core.data.emoji --out DIR`` (or ``python -m t2i_core data emoji``).
+Command line: ``python -m t2i_core data emoji --out DIR`` (t2i_core.cli.data).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import json
 import re
 import shutil
-import subprocess
-import tarfile
-import tempfile
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Iterator
+
+from .npm import CorpusError, fetch_package
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -112,10 +110,6 @@ _FLUENT_ALIASES = {
 }
 
 
-class CorpusError(RuntimeError):
-    """The corpus could not be built (npm missing, a package fetch failed, bad inputs)."""
-
-
 @dataclass(frozen=True)
 class Emoji:
     """One emojibase entry (a base emoji or one of its skin-tone variants)."""
@@ -126,60 +120,6 @@ class Emoji:
     group: str  # e.g. "people and body"
     tone: int | None  # 1..5 for a uniform skin tone, None for base or mixed tones
     base_label: str  # label of the base emoji, used to find fluent files
-
-
-# Fetching packages.
-
-
-def fetch_package(name: str, version: str, cache_dir: str | Path) -> Path:
-    """Fetch ``name@version`` with ``npm pack`` and extract it; return its ``package`` folder.
-
-    Cached: a second call with the same ``cache_dir`` neither runs npm nor re-extracts.
-    """
-    cache_dir = Path(cache_dir)
-    dest = cache_dir / f"{name}-{version}"
-    package = dest / "package"
-    if (dest / ".complete").is_file():
-        return package
-
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tgz = cache_dir / f"{name}-{version}.tgz"
-    if not tgz.is_file():
-        npm = shutil.which("npm")
-        if npm is None:
-            raise CorpusError(
-                f"npm not found: install Node.js/npm to rebuild the corpus (needed to fetch "
-                f"{name}@{version}); the shipped model does not need it."
-            )
-        proc = subprocess.run(
-            [npm, "pack", f"{name}@{version}", "--pack-destination", str(cache_dir)],
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode != 0 or not tgz.is_file():
-            tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-            raise CorpusError(
-                f"could not fetch npm package {name}@{version} (npm exit {proc.returncode}):\n{tail}"
-            )
-
-    # Extract into a temporary sibling and rename, so a crash never leaves a half package.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=cache_dir))
-    try:
-        try:
-            with tarfile.open(tgz, "r:gz") as tar:
-                tar.extractall(tmp, filter="data")  # refuses links and paths outside tmp
-        except (tarfile.TarError, OSError) as err:
-            raise CorpusError(f"could not extract {tgz} ({err}); delete it and rebuild") from err
-        if not (tmp / "package").is_dir():
-            raise CorpusError(f"{tgz} has no package/ folder; delete it and rebuild")
-        (tmp / ".complete").write_text(f"{name}@{version}\n")
-        if dest.exists():
-            shutil.rmtree(dest)
-        tmp.rename(dest)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return package
 
 
 # Captions.
@@ -417,47 +357,12 @@ def build_emoji_corpus(
     package_keys = list(dict.fromkeys(["captions", *map(_package_key, styles)]))
     packages = _resolve_packages(package_keys, Path(cache_dir) if cache_dir else None, package_dirs)
     emojis = load_emojis(packages["captions"])
-    by_key = {_normalize_hex(e.hexcode): e for e in emojis}
 
     _prepare_out_dir(out_dir)
     rows: dict[str, list[dict]] = {"train": [], "test": []}
     unmatched: dict[str, int] = {}
     for style in styles:
-        if style in FLUENT_VARIANTS:
-            images = _fluent_images(packages[_package_key(style)], emojis, FLUENT_VARIANTS[style])
-        elif style == "openmoji":
-            images = _openmoji_images(packages[style])
-        else:
-            images = _datasource_images(packages[style], style)
-        seen: set[str] = set()
-        unmatched[style] = 0
-        for join_key, path in images:
-            emoji = by_key.get(join_key)
-            if emoji is None or join_key in seen:
-                unmatched[style] += emoji is None
-                continue
-            seen.add(join_key)
-            key = split_key(emoji.hexcode)
-            split = "test" if _is_test(key, seed, test_fraction) else "train"
-            file_name = f"{style}/{emoji.hexcode.lower()}.png"
-            target = out_dir / split / file_name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            # Fixed options and no metadata chunks, so PNG bytes are reproducible.
-            _render(path, resolution).save(target, format="PNG", compress_level=6)
-            label = caption_from_label(emoji.label)
-            rows[split].append(
-                {
-                    "file_name": file_name,
-                    "text": f"{label}, {style.replace('_', ' ')} style",
-                    # Style-free captions: prompts typed without a style then let the noise choose one.
-                    "alt_texts": [label, f"{label} emoji"],
-                    "label": label,
-                    "style": style,
-                    "emoji": emoji.hexcode,
-                    "tags": list(emoji.tags),
-                    "group": emoji.group,
-                }
-            )
+        unmatched[style] = _write_style(style, packages, emojis, out_dir, resolution, seed, test_fraction, rows)
 
     for split, split_rows in rows.items():
         split_rows.sort(key=lambda r: r["file_name"])
@@ -470,6 +375,49 @@ def build_emoji_corpus(
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
     (out_dir / "ATTRIBUTION.md").write_text(_attribution(styles), encoding="utf-8")
     return stats
+
+
+def _write_style(style: str, packages: dict[str, Path], emojis: list[Emoji], out_dir: Path, resolution: int,
+                 seed: int, test_fraction: float, rows: dict[str, list[dict]]) -> int:
+    """Render one style's images into their split folders and append their metadata rows; returns how many of
+    its images match no emojibase entry."""
+    by_key = {_normalize_hex(e.hexcode): e for e in emojis}
+    if style in FLUENT_VARIANTS:
+        images = _fluent_images(packages[_package_key(style)], emojis, FLUENT_VARIANTS[style])
+    elif style == "openmoji":
+        images = _openmoji_images(packages[style])
+    else:
+        images = _datasource_images(packages[style], style)
+    seen: set[str] = set()
+    unmatched = 0
+    for join_key, path in images:
+        emoji = by_key.get(join_key)
+        if emoji is None or join_key in seen:
+            unmatched += emoji is None
+            continue
+        seen.add(join_key)
+        key = split_key(emoji.hexcode)
+        split = "test" if _is_test(key, seed, test_fraction) else "train"
+        file_name = f"{style}/{emoji.hexcode.lower()}.png"
+        target = out_dir / split / file_name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Fixed options and no metadata chunks, so PNG bytes are reproducible.
+        _render(path, resolution).save(target, format="PNG", compress_level=6)
+        label = caption_from_label(emoji.label)
+        rows[split].append(
+            {
+                "file_name": file_name,
+                "text": f"{label}, {style.replace('_', ' ')} style",
+                # Style-free captions: prompts typed without a style then let the noise choose one.
+                "alt_texts": [label, f"{label} emoji"],
+                "label": label,
+                "style": style,
+                "emoji": emoji.hexcode,
+                "tags": list(emoji.tags),
+                "group": emoji.group,
+            }
+        )
+    return unmatched
 
 
 def _stats(rows, styles, unmatched, resolution, test_fraction, seed) -> dict:
@@ -505,47 +453,3 @@ def _attribution(styles: list[str]) -> str:
     lines += ["", "Required credit:", ""]
     lines += [f"- {LICENCES[key][1]}" for key in keys]
     return "\n".join(lines) + "\n"
-
-
-# Command line.
-
-
-def add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``data emoji`` options to an argparse (sub)parser."""
-    parser.add_argument("--out", required=True, type=Path, help="folder for the imagefolder corpus")
-    parser.add_argument("--resolution", type=int, default=64, help="image side in pixels (default 64)")
-    parser.add_argument(
-        "--openmoji",
-        action="store_true",
-        help="also include OpenMoji (CC BY-SA 4.0: share-alike reaches trained weights)",
-    )
-    parser.add_argument("--cache", type=Path, default=None, help="npm package cache folder")
-    parser.add_argument(
-        "--styles",
-        default=",".join(DEFAULT_STYLES),
-        help=f"comma-separated image styles (default {','.join(DEFAULT_STYLES)}; any of {','.join(STYLES)})",
-    )
-
-
-def run_data_command(args: argparse.Namespace) -> int:
-    """Build the corpus from parsed ``add_data_arguments`` options and print a short report."""
-    styles = [s.strip() for s in getattr(args, "styles", ",".join(DEFAULT_STYLES)).split(",") if s.strip()]
-    stats = build_emoji_corpus(
-        args.out,
-        resolution=args.resolution,
-        styles=styles,
-        include_openmoji=args.openmoji,
-        cache_dir=args.cache,
-    )
-    print(f"emoji corpus written to {args.out}")
-    for split, per_style in stats["pairs"].items():
-        counts = ", ".join(f"{style} {n}" for style, n in per_style.items())
-        print(f"  {split}: {sum(per_style.values())} pairs ({counts})")
-    print(f"  {stats['total_pairs']} pairs over {stats['captions']} captions")
-    return 0
-
-
-if __name__ == "__main__":
-    _parser = argparse.ArgumentParser(prog="python -m t2i_core.data.emoji", description=__doc__.splitlines()[0])
-    add_data_arguments(_parser)
-    raise SystemExit(run_data_command(_parser.parse_args()))
