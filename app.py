@@ -16,7 +16,6 @@ import atexit
 import html
 import os
 import random
-import re
 import signal
 import sys
 import threading
@@ -31,9 +30,9 @@ import gradio as gr  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from t2i_app import (  # noqa: E402
-    DEFAULT_MODEL_KEY, FAILED, FINISHED, INTERRUPTED, PLOTTED_LOSSES, RUNNING, SCRATCH_KEY, STOPPED,
-    BusyError, PipelineCache, Progress, RunInfo, RunManager, check_owner,
+    DEFAULT_MODEL_KEY, RUNNING, SCRATCH_KEY, BusyError, PipelineCache, RunManager, check_owner,
 )
+from t2i_app.views import about_markdown, loss_frame, model_label, owner_of, progress_html  # noqa: E402
 from t2i_core import MAX_SEED  # noqa: E402
 from t2i_core.video import save_animation  # noqa: E402
 
@@ -80,21 +79,6 @@ when the server needs the space.
 
 
 # Pure functions: owners and model lists.
-
-
-def owner_of(owner: str | None, request: gr.Request | None) -> str:
-    """The browser's id (from BrowserState); an API client without one gets its session id."""
-    if isinstance(owner, str):
-        try:
-            return check_owner(owner)
-        except ValueError:
-            pass
-    session = re.sub(r"[^A-Za-z0-9_-]", "", getattr(request, "session_hash", None) or "")[:64]
-    return session or "anonymous"
-
-
-def model_label(info: RunInfo, owner: str) -> str:
-    return f"{info.name} · {'yours' if info.owner == owner else 'shared'}"
 
 
 def model_choices(owner: str) -> list[tuple[str, str]]:
@@ -235,53 +219,6 @@ def stop_training(owner, request: gr.Request):
     return "Stopping: the trainer finishes its step and saves a checkpoint; the model stays usable."
 
 
-def _clock(seconds: float) -> str:
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes}:{secs:02d}"
-
-
-def progress_html(progress: Progress) -> str:
-    """A progress bar and one line saying where the run is."""
-    info = progress.run
-    step = f"step {progress.step:,} of {info.max_steps:,}"
-    if info.status == RUNNING and not progress.metrics:
-        text = f"Preparing <b>{html.escape(info.name)}</b>: loading the data and the model…"
-    elif info.status == RUNNING:
-        budget = f" (budget {info.minutes:g} min)" if info.minutes else ""
-        text = f"Training <b>{html.escape(info.name)}</b>: {step}, {_clock(progress.elapsed)} elapsed{budget}"
-    elif info.status == FINISHED:
-        text = f"Finished <b>{html.escape(info.name)}</b> at {step}. It is now in the Generate tab's model list."
-    elif info.status == STOPPED:
-        text = (f"Stopped <b>{html.escape(info.name)}</b> at {step}; the last checkpoint is kept and usable."
-                if info.has_model else f"Stopped <b>{html.escape(info.name)}</b> before its first checkpoint.")
-    elif info.status == INTERRUPTED:
-        text = f"<b>{html.escape(info.name)}</b> was interrupted (the server restarted) at {step}" + (
-            "; its last checkpoint is usable." if info.has_model else ".")
-    else:
-        text = f"Training <b>{html.escape(info.name)}</b> failed: {html.escape(info.message)}"
-    colour = {FAILED: "#d9534f", RUNNING: "var(--color-accent, #f97316)"}.get(info.status, "#22a06b")
-    pct = round(100 * progress.fraction)
-    return (
-        f'<div class="t2i-progress" data-status="{info.status}">'
-        f'<div style="height:14px;border-radius:7px;background:var(--neutral-200,#e5e7eb);overflow:hidden">'
-        f'<div style="height:100%;width:{pct}%;background:{colour};transition:width .5s"></div></div>'
-        f'<p style="margin:.4em 0 0">{pct}% · {text}</p></div>'
-    )
-
-
-LOSS_NAMES = {"d": "discriminator", "g_adv": "generator", "rec": "reconstruction"}
-
-
-def loss_frame(metrics: list[dict]):
-    """metrics.jsonl rows -> a long-format DataFrame for the loss plot; None while there is nothing to plot
-    (an empty frame would fix the plot's colour scale as numeric, and later lines would not show)."""
-    import pandas as pd
-
-    rows = [(row["step"], float(row[key]), LOSS_NAMES.get(key, key))
-            for row in metrics for key in PLOTTED_LOSSES if isinstance(row.get(key), (int, float))]
-    return pd.DataFrame(rows, columns=["step", "value", "loss"]) if rows else None
-
-
 def poll(owner, seen, request: gr.Request):
     """Timer tick: progress bar, sample grid and loss plot of the visitor's latest run; at its end, the model
     lists and the download button. `seen` ({key, sample, rows}) lets unchanged outputs be skipped."""
@@ -316,16 +253,6 @@ def poll(owner, seen, request: gr.Request):
         download = gr.DownloadButton(visible=False)
     timer = gr.Timer(active=info.status == RUNNING)
     return progress_html(progress), sample_out, plot_out, download, timer, models, animate_models, bases, new_seen
-
-
-def about_markdown() -> str:
-    if MODEL_CARD.is_file():
-        card = MODEL_CARD.read_text(encoding="utf-8")
-        card = re.sub(r"\A---\n.*?\n---\n", "", card, flags=re.S)  # YAML front matter is for the Hub, not people
-    else:
-        card = ("## Model card\n\nThe model card (`assets/MODEL_CARD.md`) ships with the trained default model, "
-                "with its measured quality. Neither is here yet.")
-    return card + "\n" + CREDITS
 
 
 # Layout.
@@ -445,7 +372,7 @@ with gr.Blocks(title="T2I Emoji GAN", analytics_enabled=False, delete_cache=(180
                     anim_status = gr.Markdown()
 
         with gr.Tab("About", id="about"):
-            gr.Markdown(about_markdown())
+            gr.Markdown(about_markdown(MODEL_CARD, CREDITS))
 
     # Wiring.
     polled = [progress, sample, loss_plot, download, timer, model, a_model, base, seen]

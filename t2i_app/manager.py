@@ -71,7 +71,8 @@ class RunManager:
         self.root = Path(os.path.abspath(root))
         self.max_runs, self.max_bytes, self.upload_ttl_s = max_runs, max_bytes, upload_ttl_s
         self.threads = threads
-        self.runs_dir, self.uploads_dir, self.outputs_dir = self.root / "runs", self.root / "uploads", self.root / "outputs"
+        self.runs_dir, self.uploads_dir = self.root / "runs", self.root / "uploads"
+        self.outputs_dir = self.root / "outputs"
         self.store = RunStore(self.runs_dir)
         self.uploads = Uploads(self.uploads_dir, limits or UploadLimits(max_entries=20000, max_total_bytes=1024**3))
         self._lock = threading.RLock()
