@@ -207,6 +207,23 @@ def test_cli_config_file_and_flag_precedence(tmp_path):
         config_from_args(parser.parse_args(["--config", str(recipe)]))
 
 
+def test_every_option_has_its_help_with_the_field_and_a_generated_flag():
+    from argparse import ArgumentParser
+    from dataclasses import fields
+
+    from t2i_core.cli.train import add_train_arguments
+
+    parser = ArgumentParser()
+    add_train_arguments(parser)
+    actions = {a.dest: a for a in parser._actions}
+    for f in fields(TrainConfig):
+        assert f.metadata.get("help"), f.name
+        assert actions[f.name].help.startswith(f.metadata["help"]), f.name
+    args = parser.parse_args(["--betas", "0.5", "0.9", "--g-channels", "32", "16", "--sample-prompts", "a", "b",
+                              "--no-augment"])
+    assert (args.betas, args.g_channels, args.sample_prompts, args.augment) == ([0.5, 0.9], [32, 16], ["a", "b"], False)
+
+
 def test_cli_resume_keeps_saved_options_and_its_own_run_folder(tmp_path, capsys):
     from argparse import ArgumentParser
 
