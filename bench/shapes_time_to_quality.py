@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as `python bench/...` from anywhere
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from t2i_core import shapes  # noqa: E402
+from t2i_core.data import shapes  # noqa: E402
 from t2i_core.pipeline import T2IPipeline  # noqa: E402
 from t2i_core.images import image_grid  # noqa: E402
 from t2i_core.training.config import TrainConfig  # noqa: E402

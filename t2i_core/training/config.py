@@ -106,10 +106,6 @@ class TrainConfig:
             raise ValueError("caption_dropout must be in [0, 1)")
 
 
-def field_help(name: str) -> str:
-    return next(f.metadata["help"] for f in fields(TrainConfig) if f.name == name)
-
-
 def recipe_path(name_or_path: str) -> Path:
     """A JSON file, or the name of one in t2i_core/recipes (e.g. "emoji64_cpu")."""
     path = Path(name_or_path)

@@ -22,7 +22,7 @@ from ..images import image_grid, to_pil
 from ..models.discriminator import Discriminator
 from ..models.folder import PRECISIONS, check_model_folder, default_model_path, read_model_index
 from ..models.generator import Generator
-from ..text import DEFAULT_TEXT_ENCODER, TextEmbedding, load_text_encoder
+from ..text import DEFAULT_TEXT_ENCODER, load_text_encoder
 from .checkpoints import TrainState, list_checkpoints, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .distributed import all_reduce_grads, dist_info, init_distributed
@@ -131,9 +131,6 @@ class Trainer:
         if self.autocast is None:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=self.autocast)
-
-    def text(self, ids: torch.Tensor) -> TextEmbedding:
-        return self.data.text[ids]
 
     # One step.
 
