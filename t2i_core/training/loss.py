@@ -20,14 +20,20 @@ import torch
 import torch.nn.functional as F
 
 from .augment import diff_augment
+from .config import TrainConfig
 from .pairs import Batch
+
+# A generator term: (fake images (b, 3, R, R), their noise (b, z_dim), the batch) -> (loss to add, value to log), or
+# None when it does not apply to this batch.
+Term = Callable[[torch.Tensor, torch.Tensor, Batch], "tuple[torch.Tensor, float] | None"]
 
 
 class GANLoss:
     """`accumulate_gradients(phase, batch, step)`: phase "D" or "G"; computes that phase's loss from the batch,
     calls backward, and returns the values to log (floats). The loop owns the order and the optimisers."""
 
-    def __init__(self, g: torch.nn.Module, d: torch.nn.Module, cfg, autocast: Callable[[], AbstractContextManager]):
+    def __init__(self, g: torch.nn.Module, d: torch.nn.Module, cfg: TrainConfig,
+                 autocast: Callable[[], AbstractContextManager]):
         self.g, self.d, self.cfg, self.autocast = g, d, cfg, autocast
 
     def accumulate_gradients(self, phase: str, batch: Batch, step: int) -> dict[str, float]:
@@ -71,7 +77,7 @@ class GANLoss:
 
     # G: fool D on the caption, plus the weighted terms of `g_terms`.
 
-    def g_terms(self) -> list[tuple[str, float, Callable]]:
+    def g_terms(self) -> list[tuple[str, float, Term]]:
         """(name, weight, term) of every generator term after the adversarial one, in the order they add up."""
         cfg = self.cfg
         return [("diversity", cfg.diversity_weight, self.diversity_term),
@@ -97,19 +103,24 @@ class GANLoss:
         loss.backward()
         return logs
 
-    def diversity_term(self, fake, z, b):
+    def diversity_term(self, fake: torch.Tensor, z: torch.Tensor, b: Batch) -> tuple[torch.Tensor, float] | None:
+        """Mode seeking: samples 2j and 2j+1 share a caption; their image/noise distance ratio is rewarded up
+        to the cap."""
         div = mode_seeking_ratio(fake[0::2], fake[1::2], z[0::2], z[1::2])
         return -div.clamp(max=self.cfg.diversity_cap).mean(), div.mean().item()
 
-    def color_term(self, fake, z, b):
+    def color_term(self, fake: torch.Tensor, z: torch.Tensor, b: Batch) -> tuple[torch.Tensor, float] | None:
+        """Colour distribution of each paired sample against its real image, wherever the colours are."""
         color = (color_distribution_loss(fake, b.real, b.directions) * b.paired).mean()
         return color, color.item()
 
-    def shape_term(self, fake, z, b):
+    def shape_term(self, fake: torch.Tensor, z: torch.Tensor, b: Batch) -> tuple[torch.Tensor, float] | None:
+        """Fourier amplitude spectrum of each paired sample against its real image, wherever the shapes are."""
         shape = (spectrum_loss(fake, b.real) * b.paired).mean()
         return shape, shape.item()
 
-    def reconstruction_term(self, fake, z, b):
+    def reconstruction_term(self, fake: torch.Tensor, z: torch.Tensor, b: Batch) -> tuple[torch.Tensor, float] | None:
+        """Each paired caption's mean image against its real image; None when no sample is paired."""
         if not b.paired.any():
             return None
         kept = b.select(b.paired.nonzero().squeeze(1))
