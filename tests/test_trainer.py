@@ -207,6 +207,16 @@ def test_cli_config_file_and_flag_precedence(tmp_path):
         config_from_args(parser.parse_args(["--config", str(recipe)]))
 
 
+def test_options_of_removed_experiments_load_at_their_inert_values():
+    """A run folder written before fm_weight / g_extra_* / g_text_layers went still resumes."""
+    old = {"data": "x", "fm_weight": 0.0, "g_extra_convs": [], "g_extra_attention": [], "g_text_layers": 0}
+    assert TrainConfig.from_dict(old) == TrainConfig(data="x")
+    with pytest.raises(ValueError, match="fm_weight=2.0 was removed"):
+        TrainConfig.from_dict(old | {"fm_weight": 2.0})
+    with pytest.raises(ValueError, match="unknown training options"):
+        TrainConfig.from_dict({"data": "x", "bogus": 1})
+
+
 def test_every_option_has_its_help_with_the_field_and_a_generated_flag():
     from argparse import ArgumentParser
     from dataclasses import fields

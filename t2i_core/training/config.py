@@ -19,6 +19,11 @@ from ..text import DEFAULT_TEXT_ENCODER
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"  # named configs, e.g. --config emoji64_cpu
 
 
+# Options of experiments that never shipped (the model card keeps their history). Runs started before they went
+# carry them in training_options.json; at these values they changed nothing, so such runs still resume.
+REMOVED_OPTIONS = {"fm_weight": 0.0, "g_extra_convs": [], "g_extra_attention": [], "g_text_layers": 0}
+
+
 def option(default: Any, help: str) -> Any:
     """A TrainConfig field: its default and the help text that `--help` shows."""
     return field(default=default, metadata={"help": help})
@@ -84,6 +89,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        for key, inert in REMOVED_OPTIONS.items():
+            value = d.pop(key, inert)
+            if (list(value) if isinstance(value, (list, tuple)) else value) != inert:
+                raise ValueError(f"training option {key}={value!r} was removed (an experiment that did not ship); "
+                                 f"drop it, or use t2i_core as of commit d933a9f")
         names = {f.name for f in fields(cls)}
         unknown = set(d) - names
         if unknown:
