@@ -15,10 +15,13 @@ from . import MAX_SEED
 from .images import to_pil
 from .models.folder import (DEFAULT_MODEL_DIR, PRECISIONS, check_model_folder, default_model_path,  # noqa: F401
                             read_model_index, save_model_folder)
+from .models.bank import ExemplarBank
+from .models.folder import load_bank
 from .models.generator import Generator
 from .text import DEFAULT_TEXT_ENCODER, TextEmbedding, TextEncoder, load_text_encoder  # noqa: F401
 
 MAX_IMAGES = 64
+MAX_EXEMPLARS = 3
 
 @dataclass
 class T2IOutput:
@@ -27,6 +30,8 @@ class T2IOutput:
     images: list[Image.Image]
     seeds: list[int]
     prompts: list[str] = field(default_factory=list)
+    # Per image: the bank entries it drew on, as (caption, bank index) pairs, best match first ([] = none).
+    exemplars: list[list[tuple[str, int]]] = field(default_factory=list)
 
 
 def noise_for_seeds(seeds: list[int], z_dim: int) -> torch.Tensor:
@@ -45,10 +50,12 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
 class T2IPipeline:
     """Text-to-image inference: `pipe("a red apple", num_images=4, seed=0).images`."""
 
-    def __init__(self, generator: Generator, text_encoder: TextEncoder, model_index: dict | None = None):
+    def __init__(self, generator: Generator, text_encoder: TextEncoder, model_index: dict | None = None,
+                 bank: ExemplarBank | None = None):
         self.generator = generator.eval().requires_grad_(False)
         self.text_encoder = text_encoder
         self.model_index = model_index or {}
+        self.bank = bank if generator.uses_exemplars else None
         self._null: TextEmbedding | None = None
 
     # Loading and saving.
@@ -73,13 +80,13 @@ class T2IPipeline:
         except Exception as err:  # diffusers raises several types for a broken folder
             raise ValueError(f"The generator in {str(path)!r} cannot be loaded ({type(err).__name__}: {err}).") from err
         text_encoder = load_text_encoder(index.get("text_encoder", DEFAULT_TEXT_ENCODER))
-        pipe = cls(generator, text_encoder, index)
+        pipe = cls(generator, text_encoder, index, load_bank(path) if generator.uses_exemplars else None)
         pipe.model_path = path
         return pipe.to(device, precision)
 
     def save_pretrained(self, path: str | os.PathLike, discriminator=None) -> None:
         """Write a model folder: model_index.json, generator/ (and discriminator/ when given), safetensors only."""
-        save_model_folder(path, self.generator, self.text_encoder.name, discriminator)
+        save_model_folder(path, self.generator, self.text_encoder.name, discriminator, bank=self.bank)
 
     def to(self, device: str | torch.device = "cpu", precision: str = "fp32") -> "T2IPipeline":
         if precision not in PRECISIONS:
@@ -105,6 +112,32 @@ class T2IPipeline:
         return next(self.generator.parameters()).dtype
 
     # Inputs.
+
+    @property
+    def max_exemplars(self) -> int:
+        """How many exemplars an image may draw on: 0 without a bank."""
+        return MAX_EXEMPLARS if self.bank is not None and len(self.bank) else 0
+
+    def check_exemplars(self, exemplars: int | None) -> int:
+        if exemplars is None:
+            return min(1, self.max_exemplars)
+        if isinstance(exemplars, bool) or not isinstance(exemplars, int) or not 0 <= exemplars <= MAX_EXEMPLARS:
+            raise ValueError(f"exemplars must be an integer from 0 (none) to {MAX_EXEMPLARS}, got {exemplars!r}")
+        if exemplars > self.max_exemplars:
+            raise ValueError(f"exemplars={exemplars}, but this model has no exemplar bank to draw on; pass exemplars=0")
+        return exemplars
+
+    def retrieve(self, pooled: torch.Tensor, k: int, seeds: list[int] | None) -> tuple[torch.Tensor | None, list]:
+        """Sentence vectors (B, D) -> exemplar pixels (B, k, 3, R, R) and per image [(caption, index), ...]."""
+        if k == 0:
+            return None, [[] for _ in range(len(pooled))]
+        idx = self.bank.retrieve(pooled.float().cpu(), k, seeds)
+        picked = [[(self.bank.captions[j], j) for j in row] for row in idx.tolist()]
+        return self.bank.pixels(idx).to(self.device, self.dtype), picked
+
+    def exemplar_images(self, indices: list[int], size: int | None = None) -> list[Image.Image]:
+        """Bank entries as PIL images (for showing what an image drew on)."""
+        return to_pil(self.bank.pixels(torch.tensor([indices]))[0], size)
 
     @staticmethod
     def check_inputs(prompts, num_images, seed, truncation, guidance) -> list[str]:
@@ -148,28 +181,42 @@ class T2IPipeline:
         guidance: float = 1.0,
         size: int | None = None,
         batch_size: int = 32,
+        exemplars: int | None = None,
     ) -> T2IOutput:
-        """Generate `num_images` images per prompt. Image k of a prompt uses seed + k (seed=None draws one)."""
+        """Generate `num_images` images per prompt. Image k of a prompt uses seed + k (seed=None draws one).
+
+        exemplars: bank entries each image draws on, retrieved by the prompt's sentence vector (None: 1 when the
+        model has a bank, else 0; 0: none). Image k's seed picks among near ties (e.g. one emoji in several
+        styles); with truncation 0 the best matches are taken, so the image does not depend on the seed.
+        """
         prompts = self.check_inputs(prompt, num_images, seed, truncation, guidance)
+        n_exemplars = self.check_exemplars(exemplars)
         if seed is None:
             seed = random.randint(0, MAX_SEED)
         all_prompts = [p for p in prompts for _ in range(num_images)]
         # Seeds stay in 0..2**32-1: image k uses seed + k, wrapping past the top.
         all_seeds = [(seed + k) % (MAX_SEED + 1) for _ in prompts for k in range(num_images)]
-        images = []
+        images, drawn_on = [], []
         for start in range(0, len(all_prompts), batch_size):
             chunk = slice(start, start + batch_size)
             text = self.encode(all_prompts[chunk])
             z = noise_for_seeds(all_seeds[chunk], self.generator.config.z_dim).to(self.device, self.dtype)
-            images.append(self._generate(z, text, truncation, guidance))
-        return T2IOutput(to_pil(torch.cat(images), size), all_seeds, all_prompts)
+            pixels, picked = self.retrieve(text.pooled, n_exemplars, all_seeds[chunk] if truncation > 0 else None)
+            images.append(self._generate(z, text, truncation, guidance, pixels))
+            drawn_on += picked
+        return T2IOutput(to_pil(torch.cat(images), size), all_seeds, all_prompts, drawn_on)
 
-    def _generate(self, z: torch.Tensor, text: TextEmbedding, truncation: float, guidance: float) -> torch.Tensor:
+    def _generate(self, z: torch.Tensor, text: TextEmbedding, truncation: float, guidance: float,
+                  exemplars: torch.Tensor | dict | None = None) -> torch.Tensor:
+        """exemplars: pixels (B, K, 3, R, R), or their features from `Generator.encode_exemplars`, or None."""
         null = self.null_embedding().pooled if guidance != 1.0 else None
         # inference_mode (cheaper than no_grad) only here: the text encoder's cached tensors must stay usable by
         # training code that shares the encoder.
         with torch.inference_mode():
-            return self.generator(z, text.states, text.mask, text.pooled, truncation, guidance, null)
+            if isinstance(exemplars, dict):
+                return self.generator(z, text.states, text.mask, text.pooled, truncation, guidance, null,
+                                      exemplar_features=exemplars)
+            return self.generator(z, text.states, text.mask, text.pooled, truncation, guidance, null, exemplars)
 
     @torch.no_grad()
     def interpolate(
@@ -181,23 +228,33 @@ class T2IPipeline:
         guidance: float = 1.0,
         size: int | None = None,
         walk_keyframes: int = 4,
+        exemplars: int | None = None,
     ) -> list[Image.Image]:
         """Frames that move smoothly from each prompt to the next, through both text embedding and noise.
 
         Keyframe i uses prompt i and the noise of seed + i. With one prompt, the text stays and the noise walks
         through `walk_keyframes` seeds. Token states of two prompts are blended inside cross-attention by adding
-        log-weights to the attention logits, so the first frame is exactly the first prompt's image.
+        log-weights to the attention logits, so the first frame is exactly the first prompt's image. Each keyframe
+        draws on its own retrieved exemplars; their features blend along the way.
         """
         if isinstance(prompts, str):
             prompts = [prompts]
         prompts = self.check_inputs(prompts, 1, seed, truncation, guidance)
+        k = self.check_exemplars(exemplars)
         if isinstance(frames, bool) or not isinstance(frames, int) or not 2 <= frames <= 600:
             raise ValueError(f"frames must be an integer from 2 to 600, got {frames!r}")
         if seed is None:
             seed = random.randint(0, MAX_SEED)
         keys = prompts if len(prompts) > 1 else prompts * max(2, walk_keyframes)
         text = self.encode(keys)
-        z = noise_for_seeds([(seed + i) % (MAX_SEED + 1) for i in range(len(keys))], self.generator.config.z_dim).to(self.device, self.dtype)
+        key_seeds = [(seed + i) % (MAX_SEED + 1) for i in range(len(keys))]
+        z = noise_for_seeds(key_seeds, self.generator.config.z_dim).to(self.device, self.dtype)
+        pixels, _ = self.retrieve(text.pooled, k, key_seeds if truncation > 0 else None)
+        feats = None
+        if pixels is not None:
+            with torch.inference_mode():
+                mask = torch.ones(pixels.shape[:2], dtype=torch.bool, device=self.device)
+                feats = self.generator.encode_exemplars(pixels, mask)
         out = []
         for j in range(frames):
             u = j / (frames - 1) * (len(keys) - 1)
@@ -212,5 +269,6 @@ class T2IPipeline:
                  torch.where(b.mask, math.log(t) if t > 0 else -math.inf, -math.inf)],
                 dim=1,
             ).to(self.dtype)
-            out.append(self._generate(z_t, TextEmbedding(states, bias, pooled), truncation, guidance))
+            feats_t = None if feats is None else {r: torch.lerp(f[i : i + 1], f[i + 1 : i + 2], t) for r, f in feats.items()}
+            out.append(self._generate(z_t, TextEmbedding(states, bias, pooled), truncation, guidance, feats_t))
         return to_pil(torch.cat(out), size)

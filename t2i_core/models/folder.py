@@ -16,6 +16,7 @@ import torch
 from .. import __version__
 
 if TYPE_CHECKING:
+    from .bank import ExemplarBank
     from .generator import Generator
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "assets" / "model"
@@ -58,8 +59,9 @@ def read_model_index(path: str | os.PathLike) -> dict:
 
 
 def save_model_folder(path, generator: Generator, text_encoder_name: str, discriminator=None,
-                      storage_dtype: torch.dtype | None = None, training: dict | None = None) -> Path:
-    """Write model_index.json plus one config.json + safetensors folder per component.
+                      storage_dtype: torch.dtype | None = None, training: dict | None = None,
+                      bank: ExemplarBank | None = None) -> Path:
+    """Write model_index.json plus one config.json + safetensors folder per component, and bank/ when given.
 
     storage_dtype (e.g. torch.float16) stores the weights in that type, halving the files; loading casts back.
     training (steps, images seen, hardware, ...) is recorded in model_index.json under "training".
@@ -86,7 +88,18 @@ def save_model_folder(path, generator: Generator, text_encoder_name: str, discri
     if discriminator is not None:
         save(discriminator, path / "discriminator")
         index["discriminator"] = ["t2i_core", "Discriminator"]
+    if bank is not None:
+        bank.save(path / "bank")
+        index["bank"] = {"entries": len(bank), "folder": "bank"}
     if training is not None:
         index["training"] = training
     (path / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
     return path
+
+
+def load_bank(path: str | os.PathLike) -> ExemplarBank | None:
+    """The exemplar bank of a model folder (bank/), or None if it has none."""
+    from .bank import ExemplarBank
+
+    folder = Path(path) / "bank"
+    return ExemplarBank.load(folder) if (folder / "bank.json").is_file() else None

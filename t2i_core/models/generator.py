@@ -14,7 +14,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from .layers import CrossAttentionBlock, GBlock
+from .layers import CrossAttentionBlock, ExemplarEncoder, GBlock
 
 
 # Config fields of depth experiments that never shipped (see the model card). Folders saved while they existed carry
@@ -27,7 +27,8 @@ class Generator(ModelMixin, ConfigMixin):
 
     Config: resolution (power of two >= 8), z_dim, w_dim, text_dim (token state width), pooled_dim (sentence vector
     width), channels (one per resolution from 4x4 up to `resolution`), attention_resolutions (where the
-    cross-attention blocks sit), heads, num_mean_samples (z samples that define a prompt's mean style).
+    cross-attention blocks sit), heads, num_mean_samples (z samples that define a prompt's mean style), and
+    exemplar_resolutions: where features of retrieved exemplar images join the blocks (empty: text only).
     """
 
     @register_to_config
@@ -42,6 +43,7 @@ class Generator(ModelMixin, ConfigMixin):
         attention_resolutions: tuple = (8, 16),
         heads: int = 4,
         num_mean_samples: int = 64,
+        exemplar_resolutions: tuple = (),
     ):
         super().__init__()
         n_up = int(math.log2(resolution)) - 2
@@ -65,6 +67,19 @@ class Generator(ModelMixin, ConfigMixin):
             if res in attention_resolutions:
                 self.attention[str(res)] = CrossAttentionBlock(channels[i + 1], text_dim, res, heads)
         self.to_rgb = nn.Conv2d(channels[-1], 3, 3, padding=1)
+        # Exemplars: retrieved images enter through a small conv encoder whose features are added after the blocks
+        # at these resolutions, through zero-initialised 1x1 convs, so that a text-only generator given this path
+        # draws the same images until it learns to use it.
+        if exemplar_resolutions:
+            sizes = [4 * 2**s for s in range(n_up + 1)]
+            if any(r not in sizes[1:-1] for r in exemplar_resolutions):
+                raise ValueError(f"exemplar_resolutions must be among {sizes[1:-1]}, got {list(exemplar_resolutions)}")
+            widths = {r: channels[s] for s, r in enumerate(sizes) if r in exemplar_resolutions}
+            self.exemplar_encoder = ExemplarEncoder(resolution, widths)
+            self.exemplar_in = nn.ModuleDict({str(r): nn.Conv2d(c, c, 1) for r, c in widths.items()})
+            for conv in self.exemplar_in.values():
+                nn.init.zeros_(conv.weight)
+                nn.init.zeros_(conv.bias)
         # A fixed set of z that defines each prompt's mean style (for truncation); fixed so that it is saved in no
         # file yet is identical on every machine.
         gen = torch.Generator().manual_seed(1234)
@@ -94,14 +109,50 @@ class Generator(ModelMixin, ConfigMixin):
         z = self.mean_z.to(pooled.dtype).repeat(b, 1)
         return self.style(z, pooled.repeat_interleave(k, dim=0)).view(b, k, -1).mean(dim=1)
 
-    def synthesis(self, w: torch.Tensor, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Style (B, w_dim) + token states (B, L, D), mask (B, L) -> image (B, 3, R, R) in [-1, 1]."""
+    @property
+    def uses_exemplars(self) -> bool:
+        return bool(self.config.exemplar_resolutions)
+
+    def with_exemplars(self, resolutions: tuple, seed: int = 0) -> "Generator":
+        """A copy that also draws on exemplars at these resolutions; it computes this generator's images until its
+        (zero-initialised) injections learn."""
+        if self.uses_exemplars:
+            raise ValueError("this generator already draws on exemplars")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            new = Generator(**{**dict(self.config), "exemplar_resolutions": tuple(int(r) for r in resolutions)})
+        _, unexpected = new.load_state_dict({k: v.float() for k, v in self.state_dict().items()}, strict=False)
+        assert not unexpected, unexpected
+        return new.to(self.dtype)
+
+    def encode_exemplars(self, exemplars: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Exemplars (B, K, 3, R, R) in [-1, 1], mask (B, K) bool (True = present; None = all) -> per injection
+        resolution r the mean of the present exemplars' features, (B, C_r, r, r); zero where an image has none.
+        Only present exemplars are encoded."""
+        b, k = exemplars.shape[:2]
+        if mask is None:
+            mask = torch.ones(b, k, dtype=torch.bool, device=exemplars.device)
+        weights = mask.to(exemplars.dtype)
+        weights = (weights / weights.sum(dim=1, keepdim=True).clamp(min=1)).flatten()  # (B*K,)
+        present = torch.nonzero(mask.flatten()).squeeze(1)
+        feats = self.exemplar_encoder(exemplars.flatten(0, 1)[present])
+        owner = torch.div(present, k, rounding_mode="floor")
+        return {r: f.new_zeros(b, *f.shape[1:]).index_add(0, owner, f * weights[present, None, None, None].to(f.dtype))
+                for r, f in feats.items()}
+
+    def synthesis(self, w: torch.Tensor, states: torch.Tensor, mask: torch.Tensor,
+                  exemplar_features: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """Style (B, w_dim) + token states (B, L, D), mask (B, L) -> image (B, 3, R, R) in [-1, 1].
+
+        exemplar_features: `encode_exemplars`' output for the same B images (None: the text-only path)."""
         x = self.input(w).view(w.shape[0], -1, 4, 4)
         for block in self.blocks:
             x = block(x, w)
             key = str(x.shape[-1])
             if key in self.attention:
                 x = self.attention[key](x, states, mask)
+            if exemplar_features is not None and key in exemplar_features:
+                x = x + self.exemplar_in[key](exemplar_features[key])
         return torch.tanh(self.to_rgb(F.leaky_relu(x, 0.2)))
 
     def forward(
@@ -113,11 +164,16 @@ class Generator(ModelMixin, ConfigMixin):
         truncation: float = 1.0,
         guidance: float = 1.0,
         null_pooled: torch.Tensor | None = None,
+        exemplars: torch.Tensor | None = None,
+        exemplar_mask: torch.Tensor | None = None,
+        exemplar_features: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """z (B, z_dim), states (B, L, text_dim), mask (B, L) bool, pooled (B, pooled_dim) -> (B, 3, R, R).
 
         truncation pulls w toward the prompt's mean style (0: one image per prompt whatever z); guidance > 1
         pushes w away from the unconditional style of the same z (null_pooled: the empty prompt's vector, (1 or B, D)).
+        exemplars (B, K, 3, R, R) in [-1, 1] with exemplar_mask (B, K) bool are retrieved images to draw on (or pass
+        their exemplar_features); a generator without the exemplar path ignores them.
         """
         w = self.style(z, pooled)
         if truncation != 1.0:
@@ -132,4 +188,6 @@ class Generator(ModelMixin, ConfigMixin):
                 w_null_mean = self.mean_style(null[:1]).expand_as(w_null)
                 w_null = w_null_mean + truncation * (w_null - w_null_mean)
             w = w_null + guidance * (w - w_null)
-        return self.synthesis(w, states, mask)
+        if exemplars is not None and self.uses_exemplars:
+            exemplar_features = self.encode_exemplars(exemplars, exemplar_mask)
+        return self.synthesis(w, states, mask, exemplar_features if self.uses_exemplars else None)

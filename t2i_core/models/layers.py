@@ -94,3 +94,33 @@ class CrossAttentionBlock(nn.Module):
         tokens = tokens + attended
         tokens = tokens + self.mlp(self.norm2(tokens))
         return tokens.transpose(1, 2).reshape(b, c, h, w)
+
+
+class ExemplarEncoder(nn.Module):
+    """Retrieved exemplar images -> feature maps for the generator. (N, 3, R, R) in [-1, 1] -> {str(r): (N, C_r, r, r)}.
+
+    Each stage halves the resolution (a strided 4x4 conv, then a 3x3 conv), from R down to the smallest r in
+    `widths` (resolution -> channels); stages between the listed resolutions take the next listed width.
+    """
+
+    def __init__(self, resolution: int, widths: dict[int, int]):
+        super().__init__()
+        self.outputs = sorted(widths, reverse=True)
+        self.stages = nn.ModuleList()
+        in_ch, res = 3, resolution
+        while res > min(widths):
+            res //= 2
+            out_ch = widths.get(res) or widths[min(r for r in widths if r < res)]
+            self.stages.append(nn.Sequential(
+                nn.Conv2d(in_ch, out_ch, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
+                nn.Conv2d(out_ch, out_ch, 3, padding=1), nn.LeakyReLU(0.2),
+            ))
+            in_ch = out_ch
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {}
+        for stage in self.stages:
+            x = stage(x)
+            if x.shape[-1] in self.outputs:
+                out[str(x.shape[-1])] = x
+        return out

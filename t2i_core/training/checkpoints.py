@@ -33,9 +33,9 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def save_checkpoint(run_dir: Path, state: TrainState, g, d, g_ema, opt_g, opt_d, keep: int, text_encoder: str,
-                    training: dict | None = None) -> Path:
+                    training: dict | None = None, bank=None) -> Path:
     """Write atomically (temporary folder, then rename), rotate, and refresh RUN_DIR/model (with `training` in its
-    model_index.json)."""
+    model_index.json, and the exemplar bank when given)."""
     final = run_dir / f"{CHECKPOINT_PREFIX}{state.step}"
     tmp = run_dir / f".tmp-{CHECKPOINT_PREFIX}{state.step}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -52,7 +52,7 @@ def save_checkpoint(run_dir: Path, state: TrainState, g, d, g_ema, opt_g, opt_d,
     # The model folder holds the EMA generator; swap it in whole so a reader never sees half of it.
     model_tmp = run_dir / ".tmp-model"
     shutil.rmtree(model_tmp, ignore_errors=True)
-    save_model_folder(model_tmp, g_ema, text_encoder, d, training=training)
+    save_model_folder(model_tmp, g_ema, text_encoder, d, training=training, bank=bank)
     old = run_dir / ".old-model"
     shutil.rmtree(old, ignore_errors=True)
     if (run_dir / "model").exists():

@@ -67,6 +67,23 @@ class TrainConfig:
     augment: bool = option(True, "differentiable augmentation of D's inputs (helps small data sets)")
     ema_halflife_images: float = option(5000.0, "half-life of the generator EMA, in images")
     ema_rampup: float = option(0.05, "EMA half-life ramp-up as a share of images seen (0 = off)")
+    # Exemplars (training/exemplars.py): what the generator draws on besides the text.
+    exemplar_resolutions: tuple[int, ...] = option((), "resolutions at which the generator takes in retrieved "
+                                                        "exemplars, e.g. 8 16 32; a loaded model without the path "
+                                                        "gains it (empty: a model's own setting)")
+    exemplar_init: str = option("zero", "a loaded model's new exemplar injections: 'zero' (its images unchanged at "
+                                        "first) or 'random' (on from the first step)")
+    exemplar_lr_mult: float = option(1.0, "learning rate of the exemplar path as a multiple of --lr-g (it also "
+                                          "gets Adam momentum 0.9)")
+    exemplar_prob: float = option(0.85, "share of (not recoloured) samples trained with an exemplar")
+    exemplar_same_group: float = option(0.5, "share of exemplars showing the target's own group in another image "
+                                             "(another style of the same emoji)")
+    exemplar_slots: int = option(2, "exemplars per sample at most")
+    exemplar_second_prob: float = option(0.3, "chance that a sample with an exemplar gets a second one")
+    recolour_prob: float = option(0.3, "share of samples turned to a named colour, the caption saying which")
+    bank_keeps_init: bool = option(False, "the trained model's exemplar bank also keeps the initial model's "
+                                          "bank (else it holds the training pairs only)")
+    hard_negative_prob: float = option(0.5, "share of D's mismatched captions taken from the nearest other groups")
     # Model (used with init="none").
     resolution: int = option(64, "image resolution for --init none (power of two)")
     text_encoder: str = option(DEFAULT_TEXT_ENCODER, "text encoder id, Hugging Face name or local folder, for --init none")
@@ -115,6 +132,10 @@ class TrainConfig:
             raise ValueError(f"fit must be 'crop' or 'pad', got {self.fit!r}")
         if not 0 <= self.caption_dropout < 1:
             raise ValueError("caption_dropout must be in [0, 1)")
+        if self.exemplar_init not in ("zero", "random"):
+            raise ValueError(f"exemplar_init must be 'zero' or 'random', got {self.exemplar_init!r}")
+        if self.exemplar_slots < 1:
+            raise ValueError("exemplar_slots must be >= 1")
 
 
 def recipe_path(name_or_path: str) -> Path:

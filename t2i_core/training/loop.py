@@ -20,7 +20,8 @@ import torch.distributed as dist
 from ..data.loading import load_pairs
 from ..images import image_grid, to_pil
 from ..models.discriminator import Discriminator
-from ..models.folder import PRECISIONS, check_model_folder, default_model_path, read_model_index
+from ..models.bank import ExemplarBank
+from ..models.folder import PRECISIONS, check_model_folder, default_model_path, load_bank, read_model_index
 from ..models.generator import Generator
 from ..text import DEFAULT_TEXT_ENCODER, load_text_encoder
 from .checkpoints import TrainState, list_checkpoints, load_checkpoint, save_checkpoint
@@ -38,7 +39,7 @@ def build_models(cfg: TrainConfig, text_dim: int, pooled_dim: int) -> tuple[Gene
         widths = tuple(max(16, 256 >> i) for i in range(int(math.log2(cfg.resolution)) - 1))
         torch.manual_seed(cfg.seed)
         g = Generator(resolution=cfg.resolution, text_dim=text_dim, pooled_dim=pooled_dim,
-                      channels=cfg.g_channels or widths)
+                      channels=cfg.g_channels or widths, exemplar_resolutions=cfg.exemplar_resolutions)
         d = Discriminator(resolution=cfg.resolution, pooled_dim=pooled_dim, channels=cfg.d_channels or widths[::-1])
         return g, d, cfg.text_encoder
     path = init_path(cfg)
@@ -54,6 +55,12 @@ def build_models(cfg: TrainConfig, text_dim: int, pooled_dim: int) -> tuple[Gene
     else:
         torch.manual_seed(cfg.seed)
         d = Discriminator(resolution=g.config.resolution, pooled_dim=g.config.pooled_dim)
+    if cfg.exemplar_resolutions and not g.uses_exemplars:
+        g = g.with_exemplars(cfg.exemplar_resolutions, seed=cfg.seed)
+        if cfg.exemplar_init == "random":
+            torch.manual_seed(cfg.seed)
+            for conv in g.exemplar_in.values():
+                conv.reset_parameters()
     for name, want, model in (("g_channels", cfg.g_channels, g), ("d_channels", cfg.d_channels, d)):
         if want and tuple(want) != tuple(model.config.channels):
             raise ValueError(f"--{name.replace('_', '-')} {list(want)} differs from the model in {path} "
@@ -97,12 +104,28 @@ class Trainer:
             self.log.line(self.report.summary())
         self.data = PairData.build(pairs, self.text_encoder)
         self.data.text = self.data.text.to(self.device)
+        self.bank = None
+        if self.g.uses_exemplars:
+            self.data.use_exemplars()
+            self.bank = self._build_bank()
         self.state = TrainState()
         self.autocast = PRECISIONS[cfg.precision] if cfg.precision != "fp32" else None
         self.loss = GANLoss(self.g, self.d, cfg, self._ctx)
         prompts = list(cfg.sample_prompts) or self.data.captions[:: max(1, len(self.data.captions) // 16)][:16]
         self.sample_text = self.text_encoder(prompts).to(self.device)
         self.sample_z = torch.randn(len(prompts), self.g.config.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 7))
+        self.sample_exemplars = None
+        if self.bank is not None:
+            self.sample_exemplars = self.bank.pixels(self.bank.retrieve(self.sample_text.pooled.cpu(), 1)).to(self.device)
+
+    def _build_bank(self) -> ExemplarBank:
+        """The bank the trained model draws on: the training pairs, after the initial model's bank if asked."""
+        bank = self.data.bank()
+        if self.cfg.bank_keeps_init and self.cfg.init != "none":
+            init_bank = load_bank(init_path(self.cfg))
+            if init_bank is not None:
+                bank = init_bank.merged(bank)
+        return bank
 
     def _build_models(self, text_encoder) -> None:
         """G, D and the EMA copy on the device, their optimisers, and the text encoder (the data is resized to the
@@ -121,7 +144,14 @@ class Trainer:
             m.to(self.device, memory_format=torch.channels_last)
         self.g.train()
         self.d.train()
-        self.opt_g = torch.optim.Adam(self.g.parameters(), lr=cfg.lr_g, betas=cfg.betas, eps=cfg.adam_eps)
+        # The exemplar path learns image-to-image from a cold start: its own learning rate and Adam momentum.
+        exemplar = [p for n, p in self.g.named_parameters() if n.startswith("exemplar_")]
+        rest = [p for n, p in self.g.named_parameters() if not n.startswith("exemplar_")]
+        groups = [{"params": rest, "lr_mult": 1.0}]
+        if exemplar:
+            groups.append({"params": exemplar, "lr": cfg.lr_g * cfg.exemplar_lr_mult, "betas": (0.9, 0.99),
+                           "lr_mult": cfg.exemplar_lr_mult})
+        self.opt_g = torch.optim.Adam(groups, lr=cfg.lr_g, betas=cfg.betas, eps=cfg.adam_eps)
         self.opt_d = torch.optim.Adam(self.d.parameters(), lr=cfg.lr_d, betas=cfg.betas, eps=cfg.adam_eps)
 
     def log_line(self, text: str) -> None:
@@ -183,7 +213,7 @@ class Trainer:
     @torch.no_grad()
     def save_samples(self) -> str:
         t = self.sample_text
-        images = self.g_ema(self.sample_z.to(self.device), t.states, t.mask, t.pooled)
+        images = self.g_ema(self.sample_z.to(self.device), t.states, t.mask, t.pooled, exemplars=self.sample_exemplars)
         path = self.run_dir / "samples" / f"step-{self.state.step:07d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         image_grid(to_pil(images)).save(path)
@@ -194,7 +224,7 @@ class Trainer:
     def checkpoint(self) -> None:
         if self.rank == 0 and all(all_finite(m) for m in (self.g, self.d, self.g_ema)):
             save_checkpoint(self.run_dir, self.state, self.g, self.d, self.g_ema, self.opt_g, self.opt_d,
-                            self.cfg.keep_checkpoints, self.text_encoder_name, self.training_record())
+                            self.cfg.keep_checkpoints, self.text_encoder_name, self.training_record(), self.bank)
         if self.world > 1:
             dist.barrier()
 
@@ -220,7 +250,7 @@ class Trainer:
         self.state.lr_scale = scale
         for opt, lr in ((self.opt_g, self.cfg.lr_g), (self.opt_d, self.cfg.lr_d)):
             for group in opt.param_groups:
-                group["lr"] = lr * scale
+                group["lr"] = lr * scale * group.get("lr_mult", 1.0)
 
     def rollback(self) -> None:
         """Weights went non-finite: reload the last good checkpoint and halve the learning rate."""

@@ -14,6 +14,7 @@ in TrainConfig, and list it in `g_terms` (or add it to `_d_phase`). A new genera
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from dataclasses import replace
 from typing import Callable
 
 import torch
@@ -49,7 +50,7 @@ class GANLoss:
         return self.g(z, t.states, t.mask, t.pooled, **batch.g_inputs)
 
     def mean_image(self, batch: Batch) -> torch.Tensor:
-        """Each caption's mean image (truncation 0): (b, 3, R, R)."""
+        """Each caption's mean image (truncation 0): (b, 3, R, R). Exemplars must come as exemplar_features."""
         t = batch.text
         return self.g.synthesis(self.g.mean_style(t.pooled), t.states, t.mask, **batch.g_inputs)
 
@@ -92,6 +93,10 @@ class GANLoss:
             b = b.select(torch.arange(len(b.real), device=b.real.device) // 2 * 2)
         logs = {}
         with self.autocast():
+            if "exemplars" in b.g_inputs:
+                # Encode the exemplars once: the samples and the mean images below draw on the same features.
+                feats = self.g.encode_exemplars(b.g_inputs["exemplars"], b.g_inputs["exemplar_mask"])
+                b = replace(b, g_inputs={"exemplar_features": feats})
             fake = self.generate(z, b)
             loss = g_hinge_loss(self.d(diff_augment(fake.float(), b.aug[2]), b.text.pooled).float())
             logs["g_adv"] = loss.item()

@@ -9,19 +9,40 @@ import torch.nn.functional as F
 
 from ..data.loading import images_to_tensor
 from ..text import TextEmbedding
+from ..models.bank import ExemplarBank
 from .augment import AugmentParams
+from .exemplars import COLOURS, ExemplarPicks, ExemplarSampler, recolor, recoloured_caption
 
 
 class PairData:
     """Images (N, 3, R, R) uint8, caption index per image, and the encoded unique captions.
 
     alt_ids (N, A) holds each image's alternative captions (-1 = none), e.g. the emoji label without its style.
+    An image's group is what it depicts whatever its style: its first alternative caption, else its caption;
+    group_ids (N,) index group_names (G,), whose caption ids are group_name_ids (G,).
     """
 
     def __init__(self, images: torch.Tensor, caption_ids: torch.Tensor, captions: list[str], text: TextEmbedding,
-                 alt_ids: torch.Tensor | None = None):
+                 alt_ids: torch.Tensor | None = None, text_encoder=None):
         self.images, self.caption_ids, self.captions, self.text = images, caption_ids, captions, text
         self.alt_ids = alt_ids if alt_ids is not None else torch.full((len(images), 1), -1)
+        self.text_encoder = text_encoder  # for captions made during training (recoloured images)
+        first_alt = self.alt_ids[:, 0]
+        self.group_name_ids, self.group_ids = torch.unique(torch.where(first_alt >= 0, first_alt, caption_ids),
+                                                           return_inverse=True)
+        self.group_names = [captions[int(i)] for i in self.group_name_ids]
+        self.sampler: ExemplarSampler | None = None  # set by `use_exemplars`
+
+    def use_exemplars(self) -> "PairData":
+        """Prepare exemplar picks (a generator that draws on exemplars trains with them)."""
+        self.sampler = ExemplarSampler(self.group_ids, self.group_names, self.text.pooled[self.group_name_ids].cpu())
+        return self
+
+    def bank(self) -> ExemplarBank:
+        """The exemplar bank of a model trained on these pairs: every image under its own caption."""
+        vectors = F.normalize(self.text.pooled[self.caption_ids].float().cpu(), dim=-1)
+        return ExemplarBank(self.images, vectors, [self.captions[int(c)] for c in self.caption_ids],
+                            [self.group_names[int(g)] for g in self.group_ids])
 
     @classmethod
     def build(cls, pairs, text_encoder, batch: int = 256) -> "PairData":
@@ -32,7 +53,7 @@ class PairData:
         width = max([1] + [len(p.alt_texts) for p in pairs])
         alt_ids = torch.tensor([[index[t] for t in p.alt_texts] + [-1] * (width - len(p.alt_texts)) for p in pairs])
         chunks = [text_encoder(captions[i : i + batch]) for i in range(0, len(captions), batch)]
-        return cls(images, caption_ids, captions, TextEmbedding.cat(chunks + [text_encoder([""])]), alt_ids)
+        return cls(images, caption_ids, captions, TextEmbedding.cat(chunks + [text_encoder([""])]), alt_ids, text_encoder)
 
     @property
     def null_id(self) -> int:
@@ -58,7 +79,7 @@ class Batch:
     and text their embeddings; text_mis a mismatched caption per sample, mis_ok (b,) where it really differs;
     paired (b,) where the caption fixes the pixels (pixel losses apply); z_d, z_g (b, z_dim) noise of the D and G
     steps; aug four DiffAugment draws (None when off); directions (16, 3) for the colour loss; g_inputs extra
-    keyword inputs of the generator, per sample (none yet).
+    keyword inputs of the generator, per sample: exemplars (b, K, 3, R, R) and exemplar_mask (b, K).
     """
 
     real: torch.Tensor
@@ -77,7 +98,12 @@ class Batch:
         """Samples `index` of the captions, their images and generator inputs; noise and augmentation stay per slot."""
         return replace(self, real=self.real[index], cap=self.cap[index], text=self.text[index],
                        text_mis=self.text_mis[index], mis_ok=self.mis_ok[index], paired=self.paired[index],
-                       g_inputs={k: v[index] for k, v in self.g_inputs.items()})
+                       g_inputs={k: _select(v, index) for k, v in self.g_inputs.items()})
+
+
+def _select(value, index: torch.Tensor):
+    """Rows `index` of a tensor, or of each tensor in a dict (e.g. exemplar features per resolution)."""
+    return {k: v[index] for k, v in value.items()} if isinstance(value, dict) else value[index]
 
 
 def draw_batch(data: PairData, cfg, step: int, z_dim: int, resolution: int, rank: int = 0, world: int = 1,
@@ -95,8 +121,15 @@ def draw_batch(data: PairData, cfg, step: int, z_dim: int, resolution: int, rank
     pick = (torch.rand(b, generator=gen) * n_alts).long().clamp(max=alts.shape[1] - 1)
     use_alt = (torch.rand(b, generator=gen) < cfg.alt_caption_prob) & (n_alts > 0)
     cap = torch.where(use_alt, alts.gather(1, pick[:, None]).squeeze(1), data.caption_ids[idx])
-    g_cap = torch.where(drop, torch.full_like(cap, data.null_id), cap)
     mis = cap.roll(1)
+    picks = None
+    if data.sampler is not None:
+        picks = data.sampler.pick(idx, gen, cfg.exemplar_slots, cfg.exemplar_prob, cfg.exemplar_same_group,
+                                  cfg.exemplar_second_prob, cfg.recolour_prob)
+        drop &= ~picks.recolour  # a recoloured image needs its caption
+        use_alt &= ~picks.recolour
+        mis = hard_negatives(data, picks, mis, use_alt, cfg.hard_negative_prob, gen)
+    g_cap = torch.where(drop, torch.full_like(cap, data.null_id), cap)
     mis_ok = (mis != cap) & ~drop  # a mismatched pair only counts when the captions differ
     z_d = torch.randn(b, z_dim, generator=gen)
     z_g = torch.randn(b, z_dim, generator=gen)
@@ -104,7 +137,63 @@ def draw_batch(data: PairData, cfg, step: int, z_dim: int, resolution: int, rank
     directions = F.normalize(torch.randn(16, 3, generator=gen), dim=1)
     real = data.images[idx[part]].to(device).float() / 127.5 - 1
     local = lambda v: v[part].to(device)  # noqa: E731
-    return Batch(real=real.contiguous(memory_format=torch.channels_last), cap=local(g_cap),
-                 text=data.text[local(g_cap)], text_mis=data.text[local(mis)], mis_ok=local(mis_ok),
-                 paired=local(~drop & ~use_alt), z_d=local(z_d), z_g=local(z_g),
-                 aug=[a[part] if a is not None else None for a in aug], directions=directions.to(device))
+    batch = Batch(real=real, cap=local(g_cap), text=data.text[local(g_cap)], text_mis=data.text[local(mis)],
+                  mis_ok=local(mis_ok), paired=local(~drop & ~use_alt), z_d=local(z_d), z_g=local(z_g),
+                  aug=[a[part] if a is not None else None for a in aug], directions=directions.to(device))
+    if picks is not None:
+        batch = apply_picks(batch, data, picks, idx, part, gen)
+    batch.real = batch.real.contiguous(memory_format=torch.channels_last)
+    return batch
+
+
+def hard_negatives(data: PairData, picks: ExemplarPicks, mis: torch.Tensor, use_alt: torch.Tensor, prob: float,
+                   gen: torch.Generator) -> torch.Tensor:
+    """D's mismatched captions (B,) with a share `prob` replaced by a caption of the nearest other groups, in the
+    same form as the sample's caption (the group's name alone, or a full caption of one of its images)."""
+    mis = mis.clone()
+    hard = (torch.rand(len(mis), generator=gen) < prob) & (picks.negative_groups >= 0)
+    for i in torch.nonzero(hard).flatten().tolist():
+        group = int(picks.negative_groups[i])
+        if use_alt[i]:
+            mis[i] = data.group_name_ids[group]
+        else:
+            mis[i] = data.caption_ids[data.sampler.member(group, gen)]
+    return mis
+
+
+def apply_picks(batch: Batch, data: PairData, picks: ExemplarPicks, idx: torch.Tensor, part: slice,
+                gen: torch.Generator) -> Batch:
+    """This process's slice of the picks applied to its batch: exemplar pixels into g_inputs, and recoloured
+    targets with their captions (a caption naming another colour becomes their mismatch)."""
+    device = batch.real.device
+    local = torch.arange(len(idx))[part]
+    ex = picks.exemplars[part]
+    g_inputs = {"exemplars": (data.images[ex.clamp(min=0)].to(device).float() / 127.5 - 1),  # (b, K, 3, R, R)
+                "exemplar_mask": (ex >= 0).to(device)}
+    rows = [i for i, j in enumerate(local.tolist()) if picks.recolour[j]]
+    if not rows:
+        return replace(batch, g_inputs=g_inputs)
+    colours = [picks.colours[int(local[i])] for i in rows]
+    real = batch.real.clone()
+    real[rows] = recolor(real[rows], torch.tensor([COLOURS[c] for c in colours])).to(real.dtype)
+    names = list(COLOURS)
+    captions, mismatches = [], []
+    for i, colour in zip(rows, colours):
+        target = int(idx[int(local[i])])
+        name = data.group_names[int(data.group_ids[target])]
+        full = data.captions[int(data.caption_ids[target])]
+        style = full[len(name) + 2:] if full.startswith(name + ", ") else None
+        other = names[(names.index(colour) + 1 + int(torch.randint(len(names) - 1, (1,), generator=gen))) % len(names)]
+        captions.append(recoloured_caption(colour, name, style, gen))
+        mismatches.append(captions[-1].replace(colour, other, 1))
+    fresh = data.text_encoder(captions + mismatches).to(device)
+    texts = {}
+    for key, made in (("text", fresh[: len(rows)]), ("text_mis", fresh[len(rows):])):
+        old = getattr(batch, key)
+        merged = TextEmbedding.cat([old, made.to(old.states.device, old.states.dtype)])
+        order = torch.arange(len(old))
+        order[rows] = len(old) + torch.arange(len(rows))
+        texts[key] = merged[order.to(merged.states.device)]
+    mis_ok = batch.mis_ok.clone()
+    mis_ok[rows] = True
+    return replace(batch, real=real, g_inputs=g_inputs, mis_ok=mis_ok, **texts)

@@ -1,0 +1,140 @@
+"""The exemplar bank: captioned images a generator may draw on, and retrieval by the prompt's sentence vector.
+
+    bank/
+      bank.json                     captions, groups, resolution, shard names
+      images-00000.safetensors      uint8 images (N_i, 3, R, R); shards stay under 10 MB each
+      vectors.safetensors           unit-norm fp16 caption sentence vectors (N, D)
+
+A group names what an entry depicts regardless of its style (for the emoji corpus, the CLDR label): training uses
+it to pick an exemplar that is never the target image itself, and retrieval to avoid picking two of one kind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+MAX_SHARD_BYTES = 9_500_000  # under the Hub's 10 MB limit for files outside LFS
+
+
+@dataclass
+class ExemplarBank:
+    """images (N, 3, R, R) uint8; vectors (N, D) unit-norm caption sentence vectors; captions and groups (N,)."""
+
+    images: torch.Tensor
+    vectors: torch.Tensor
+    captions: list[str]
+    groups: list[str]
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    @property
+    def resolution(self) -> int:
+        return self.images.shape[-1]
+
+    @classmethod
+    def build(cls, images: torch.Tensor, captions: list[str], groups: list[str] | None, text_encoder,
+              batch: int = 256) -> "ExemplarBank":
+        """Encode the captions with the model's text encoder. images: (N, 3, R, R) uint8."""
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(f"bank images must be (N, 3, R, R) uint8, got {tuple(images.shape)} {images.dtype}")
+        if len(captions) != len(images):
+            raise ValueError(f"{len(images)} images but {len(captions)} captions")
+        vectors = []
+        for i in range(0, len(captions), batch):
+            vectors.append(text_encoder(captions[i : i + batch]).pooled.float().cpu())
+        vectors = F.normalize(torch.cat(vectors) if vectors else torch.zeros(0, text_encoder.pooled_dim), dim=-1)
+        return cls(images.contiguous(), vectors, list(captions), list(groups or captions))
+
+    def merged(self, other: "ExemplarBank") -> "ExemplarBank":
+        """This bank's entries followed by `other`'s (same resolution and vector width)."""
+        if other.images.shape[1:] != self.images.shape[1:] or other.vectors.shape[1] != self.vectors.shape[1]:
+            raise ValueError("cannot merge banks of different resolutions or text encoders")
+        return ExemplarBank(torch.cat([self.images, other.images]), torch.cat([self.vectors, other.vectors]),
+                            self.captions + other.captions, self.groups + other.groups)
+
+    # Retrieval.
+
+    def retrieve(self, query: torch.Tensor, k: int, seeds: list[int] | None = None, ties: float = 0.02,
+                 pool: int = 64) -> torch.Tensor:
+        """Query sentence vectors (B, D) -> bank indices (B, k), best first, at most one entry per group.
+
+        Without seeds: the top-k by cosine similarity. With a seed per query, the seed picks among the entries of
+        the best-matching groups (those within `ties` of the best similarity): "grinning face" then draws the face
+        in its different styles, while "red apple" never draws a pear.
+        """
+        if k < 1 or len(self) == 0:
+            return torch.zeros(len(query), 0, dtype=torch.long)
+        sims = F.normalize(query.float(), dim=-1) @ self.vectors.float().T  # (B, N)
+        top_sims, top_idx = sims.topk(min(len(self), max(pool, 4 * k)), dim=1)
+        out = []
+        for b in range(len(query)):
+            order = top_idx[b].tolist()
+            if seeds is not None:
+                best = {self.groups[j] for j, s in zip(order, top_sims[b].tolist()) if s >= top_sims[b, 0] - ties}
+                near = [j for j in order if self.groups[j] in best]
+                perm = torch.randperm(len(near), generator=torch.Generator().manual_seed(int(seeds[b])))
+                order = [near[i] for i in perm.tolist()] + [j for j in order if self.groups[j] not in best]
+            picked, seen = [], set()
+            for j in order:
+                if self.groups[j] not in seen:
+                    picked.append(j)
+                    seen.add(self.groups[j])
+                if len(picked) == k:
+                    break
+            while len(picked) < k:  # fewer groups than k: repeat the best
+                picked.append(picked[0])
+            out.append(picked)
+        return torch.tensor(out, dtype=torch.long)
+
+    def pixels(self, indices: torch.Tensor) -> torch.Tensor:
+        """Bank indices (B, K) -> exemplars (B, K, 3, R, R) float in [-1, 1]."""
+        return self.images[indices].float() / 127.5 - 1
+
+    # Saving and loading.
+
+    def save(self, folder: str | os.PathLike) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("images-*.safetensors"):
+            old.unlink()
+        per_image = max(1, self.images[0].numel() if len(self) else 1)
+        per_shard = max(1, MAX_SHARD_BYTES // per_image)
+        shards = []
+        for s in range(math.ceil(len(self) / per_shard) if len(self) else 0):
+            name = f"images-{s:05d}.safetensors"
+            save_file({"images": self.images[s * per_shard : (s + 1) * per_shard].contiguous()}, str(folder / name))
+            shards.append(name)
+        save_file({"vectors": self.vectors.half().contiguous()}, str(folder / "vectors.safetensors"))
+        meta = {"entries": len(self), "resolution": self.resolution, "shards": shards,
+                "captions": self.captions, "groups": self.groups}
+        (folder / "bank.json").write_text(json.dumps(meta, ensure_ascii=False))
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> "ExemplarBank":
+        folder = Path(folder)
+        try:
+            meta = json.loads((folder / "bank.json").read_text(encoding="utf-8"))
+            shards = [str(s) for s in meta["shards"]]
+            captions, groups = [str(c) for c in meta["captions"]], [str(g) for g in meta["groups"]]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{folder} is not a readable exemplar bank ({err}); rebuild the model's bank/") from None
+        for name in shards:
+            if Path(name).name != name or not name.endswith(".safetensors"):
+                raise ValueError(f"{folder}/bank.json names an invalid shard {name!r}")
+        images = [load_file(str(folder / name))["images"] for name in shards]
+        vectors = load_file(str(folder / "vectors.safetensors"))["vectors"].float()
+        images = torch.cat(images) if images else torch.zeros(0, 3, int(meta.get("resolution", 64)),
+                                                              int(meta.get("resolution", 64)), dtype=torch.uint8)
+        if images.dtype != torch.uint8 or not (len(images) == len(vectors) == len(captions) == len(groups)):
+            raise ValueError(f"{folder}: the bank's images, vectors, captions and groups do not match in number")
+        return cls(images, vectors, captions, groups)
