@@ -145,21 +145,36 @@ def _seed(seed, randomize: bool) -> int:
     return int(seed)
 
 
-def generate(prompt, model_key, seed, randomize, num_images, truncation, guidance, size, owner, request: gr.Request):
-    """Prompt -> gallery of (image, caption), the seed used, and a status line."""
+def generate(prompt, model_key, seed, randomize, num_images, truncation, guidance, size, retrieval, owner,
+             request: gr.Request):
+    """Prompt -> gallery of (image, caption), the seed used, a status line, and the exemplars the images drew on."""
     if not (prompt or "").strip():
         gr.Warning(EMPTY_PROMPT)
-        return [], gr.skip(), f"⚠ {EMPTY_PROMPT}"
+        return [], gr.skip(), f"⚠ {EMPTY_PROMPT}", []
     try:
         pipe = _pipeline(model_key, owner_of(owner, request))
         used = _seed(seed, randomize)
         out = pipe(prompt, num_images=int(num_images), seed=used, truncation=float(truncation),
-                   guidance=float(guidance), size=int(size) or None)
+                   guidance=float(guidance), size=int(size) or None, exemplars=None if retrieval else 0)
     except ValueError as error:
         gr.Warning(str(error))
-        return [], gr.skip(), f"⚠ {error}"
+        return [], gr.skip(), f"⚠ {error}", []
     items = [(image, f"seed {s}") for image, s in zip(out.images, out.seeds)]
-    return items, used, f"Seed used: **{used}** (image *k* uses seed + *k*; untick *Randomize* to repeat it)."
+    status = f"Seed used: **{used}** (image *k* uses seed + *k*; untick *Randomize* to repeat it)."
+    if retrieval and pipe.max_exemplars == 0:
+        status += " This model has no exemplar bank: it draws from the text alone."
+    return items, used, status, exemplar_items(pipe, out)
+
+
+def exemplar_items(pipe, out) -> list[tuple]:
+    """(thumbnail, "image k: caption") for each bank entry the images drew on, in image order, each entry once."""
+    items, seen = [], set()
+    for k, drawn_on in enumerate(out.exemplars):
+        for caption, index in drawn_on:
+            if index not in seen:
+                seen.add(index)
+                items.append((pipe.exemplar_images([index])[0], f"image {k + 1}: {caption}"))
+    return items
 
 
 def animate(p1, p2, p3, p4, frames, fps, seed, randomize, truncation, model_key, size, owner, request: gr.Request):
@@ -301,10 +316,16 @@ with gr.Blocks(title="T2I Emoji GAN", analytics_enabled=False, delete_cache=(180
                     size = gr.Dropdown(SIZES, value=256, label="Display size",
                                        info="Pictures are drawn at the model's size and enlarged for viewing; "
                                             "enlarging adds no detail.")
+                    retrieval = gr.Checkbox(True, label="Draw on retrieved exemplars", elem_id="retrieval",
+                                            info="The model looks up the bank pictures whose captions best match "
+                                                 "the prompt and draws on them (shown below the images). Untick to "
+                                                 "draw from the text alone.")
                 with gr.Column(scale=3):
                     gallery = gr.Gallery(label="Images", columns=4, format="png", object_fit="contain",
                                          buttons=["download", "download_all", "fullscreen"], elem_id="gallery")
                     gen_status = gr.Markdown(elem_id="gen-status")
+                    exemplars = gr.Gallery(label="Drew on (retrieved from the bank)", columns=8, height=120,
+                                           format="png", object_fit="contain", elem_id="exemplars")
 
         with gr.Tab("Fine-tune", id="finetune"):
             gr.Markdown("Teach the model your own pictures. Upload a **.zip** or many files: images with a "
@@ -380,8 +401,8 @@ with gr.Blocks(title="T2I Emoji GAN", analytics_enabled=False, delete_cache=(180
                        api_visibility="private", show_progress="hidden")
     loaded.then(poll, [owner, seen], polled, api_visibility="private", show_progress="hidden")
     gr.on([prompt.submit, generate_btn.click], generate,
-          [prompt, model, seed, randomize, num_images, truncation, guidance, size, owner],
-          [gallery, seed, gen_status], api_name="generate")
+          [prompt, model, seed, randomize, num_images, truncation, guidance, size, retrieval, owner],
+          [gallery, seed, gen_status, exemplars], api_name="generate")
     files.upload(check_data, [files, owner], [report, upload_id], api_name="check_data")
     files.clear(lambda: ("Upload data to see what will be used before training.", None), None, [report, upload_id],
                 api_visibility="private")

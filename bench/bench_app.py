@@ -84,7 +84,7 @@ def time_generate(client, n: int, num_images: int, size: int) -> list[float]:
     times = []
     for i in range(n):
         t = time.perf_counter()
-        client.predict("grinning face, google style", "default", i, False, num_images, 1.0, 1.0, size, "bench",
+        client.predict("grinning face, google style", "default", i, False, num_images, 1.0, 1.0, size, True, "bench",
                        api_name="/generate")
         times.append(time.perf_counter() - t)
     return times

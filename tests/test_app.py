@@ -120,8 +120,11 @@ def client(app_url):
     return Client(app_url, verbose=False)
 
 
-def generate(client, prompt, owner=OWNER, model="default", seed=7, randomize=False, n=3, size=0):
-    return client.predict(prompt, model, seed, randomize, n, 1.0, 1.0, size, owner, api_name="/generate")
+def generate(client, prompt, owner=OWNER, model="default", seed=7, randomize=False, n=3, size=0, retrieval=True,
+             with_exemplars=False):
+    gallery, seed, status, exemplars = client.predict(prompt, model, seed, randomize, n, 1.0, 1.0, size, retrieval,
+                                                      owner, api_name="/generate")
+    return (gallery, seed, status, exemplars) if with_exemplars else (gallery, seed, status)
 
 
 def test_generate_returns_n_images_with_the_seed_used(client):

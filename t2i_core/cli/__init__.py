@@ -76,6 +76,8 @@ def _add_model_arguments(p: argparse.ArgumentParser, size_default: int | None) -
     p.add_argument("--size", type=_size, default=size_default, metavar="PX",
                    help="upscale images to PX x PX" + (f" (default {size_default})" if size_default else
                                                        " (default: the model's resolution)"))
+    p.add_argument("--exemplars", type=int, default=None, metavar="K", choices=range(4),
+                   help="bank images each image draws on, 0..3; 0 = none (default: 1 if the model has a bank)")
     p.add_argument("--model", default=None, metavar="PATH",
                    help="model folder (default: $T2I_MODEL, else the shipped assets/model/)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -255,7 +257,7 @@ def run_generate(args: argparse.Namespace) -> int:
         for start in range(0, len(items), chunk):
             part = items[start : start + chunk]
             out = pipe([p for _, p in part], num_images=n, seed=seed, truncation=args.truncation,
-                       guidance=args.guidance, size=args.size)
+                       guidance=args.guidance, size=args.size, exemplars=args.exemplars)
             for i, (ident, _) in enumerate(part):
                 for k in range(n):
                     path = args.out / f"{ident}_{k}.png"
@@ -266,12 +268,15 @@ def run_generate(args: argparse.Namespace) -> int:
         T2IPipeline.check_inputs(args.prompt, n, seed, args.truncation, args.guidance)
         pipe = _load_pipeline(args)
         out = pipe(args.prompt, num_images=n, seed=seed, truncation=args.truncation, guidance=args.guidance,
-                   size=args.size)
+                   size=args.size, exemplars=args.exemplars)
         paths = [out_path] if n == 1 else [out_path.with_name(f"{out_path.stem}_{k}{out_path.suffix}") for k in range(n)]
         out_path.parent.mkdir(parents=True, exist_ok=True)
         for image, path in zip(out.images, paths):
             image.save(path)
             print(path)
+        for path, drawn_on in zip(paths, out.exemplars):
+            if drawn_on:
+                print(f"{path.name} drew on: " + "; ".join(f"{caption} (bank #{i})" for caption, i in drawn_on))
     print(f"seed: {seed}" + (f" (image k uses seed {seed} + k)" if n > 1 else ""))
     return 0
 
@@ -287,7 +292,7 @@ def run_animate(args: argparse.Namespace) -> int:
         raise UsageError(f"--fps must be from 1 to 120, got {args.fps}")
     pipe = _load_pipeline(args)
     frames = pipe.interpolate(args.prompt, frames=args.frames, seed=seed, truncation=args.truncation,
-                              guidance=args.guidance, size=args.size)
+                              guidance=args.guidance, size=args.size, exemplars=args.exemplars)
     path = save_animation(frames, args.out, fps=args.fps)
     print(path)
     print(f"{len(frames)} frames at {args.fps} fps; seed: {seed} (keyframe i uses seed {seed} + i)")

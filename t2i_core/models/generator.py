@@ -123,7 +123,7 @@ class Generator(ModelMixin, ConfigMixin):
             new = Generator(**{**dict(self.config), "exemplar_resolutions": tuple(int(r) for r in resolutions)})
         _, unexpected = new.load_state_dict({k: v.float() for k, v in self.state_dict().items()}, strict=False)
         assert not unexpected, unexpected
-        return new.to(self.dtype)
+        return new if self.dtype == torch.float32 else new.to(self.dtype)
 
     def encode_exemplars(self, exemplars: torch.Tensor, mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Exemplars (B, K, 3, R, R) in [-1, 1], mask (B, K) bool (True = present; None = all) -> per injection
