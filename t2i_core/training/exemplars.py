@@ -75,12 +75,15 @@ class ExemplarPicks:
 class ExemplarSampler:
     """Groups of a training set and each group's nearest other groups (by the text encoder's group vectors).
 
-    group_ids (N,) per image; group_names (G,); group_pooled (G, D) the sentence vectors of the group names.
+    group_ids (N,) per image; group_names (G,); group_pooled (G, D) the sentence vectors of the group names;
+    style_ids (N,) optional: a neighbouring group's exemplar is taken in the target's style where it has one
+    (an orange heart drawn from the red heart of the same artwork set), since pixels of one style line up.
     """
 
     def __init__(self, group_ids: torch.Tensor, group_names: list[str], group_pooled: torch.Tensor,
-                 neighbours: int = 8):
+                 neighbours: int = 8, style_ids: torch.Tensor | None = None):
         self.group_ids, self.group_names = group_ids, group_names
+        self.style_ids = style_ids if style_ids is not None else torch.zeros_like(group_ids)
         n_groups = len(group_names)
         order = torch.argsort(group_ids)
         counts = torch.bincount(group_ids, minlength=n_groups)
@@ -95,9 +98,12 @@ class ExemplarSampler:
         else:
             self.neighbours = torch.zeros(n_groups, 0, dtype=torch.long)
 
-    def member(self, group: int, gen: torch.Generator, exclude: int = -1) -> int:
-        """A random image of `group` other than `exclude` (-1 if it has none)."""
+    def member(self, group: int, gen: torch.Generator, exclude: int = -1, style: int | None = None) -> int:
+        """A random image of `group` other than `exclude` (-1 if it has none), in `style` where it has one."""
         members = self.members[group]
+        if style is not None:
+            same = members[self.style_ids[members] == style]
+            members = same if len(same) and not (len(same) == 1 and int(same[0]) == exclude) else members
         if len(members) == 1 and int(members[0]) == exclude:
             return -1
         while True:
@@ -139,7 +145,7 @@ class ExemplarSampler:
                 j = self.member(group, gen, exclude=target) if same else -1
                 if j < 0:
                     other = self._neighbour(group, gen)
-                    j = self.member(other, gen) if other >= 0 else -1
+                    j = self.member(other, gen, style=int(self.style_ids[target])) if other >= 0 else -1
                 exemplars[i, s] = j
         return ExemplarPicks(exemplars, recolour, colours, negatives)
 

@@ -35,7 +35,15 @@ class PairData:
 
     def use_exemplars(self) -> "PairData":
         """Prepare exemplar picks (a generator that draws on exemplars trains with them)."""
-        self.sampler = ExemplarSampler(self.group_ids, self.group_names, self.text.pooled[self.group_name_ids].cpu())
+        # An image's style: its caption without its group's name ("google style" in "red apple, google style").
+        styles = []
+        for cap, group in zip(self.caption_ids.tolist(), self.group_ids.tolist()):
+            caption, name = self.captions[cap], self.group_names[group]
+            styles.append(caption[len(name):].lstrip(", ") if caption.startswith(name) else "")
+        index = {style: i for i, style in enumerate(sorted(set(styles)))}
+        style_ids = torch.tensor([index[style] for style in styles])
+        self.sampler = ExemplarSampler(self.group_ids, self.group_names, self.text.pooled[self.group_name_ids].cpu(),
+                                       style_ids=style_ids)
         return self
 
     def bank(self) -> ExemplarBank:
