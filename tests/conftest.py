@@ -68,3 +68,29 @@ def tiny_pipe(tiny_model_dir):
     from t2i_core import T2IPipeline
 
     return T2IPipeline.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_exemplar_model_dir(tmp_path_factory, text_encoder) -> Path:
+    """A tiny model that draws on exemplars, with a bank of 12 coloured squares in 4 groups (3 "styles" each)."""
+    from t2i_core import save_model_folder
+    from t2i_core.models.bank import ExemplarBank
+
+    torch.manual_seed(0)
+    g = make_tiny_generator().with_exemplars((8,))
+    with torch.no_grad():  # the injection starts at zero; a trained one does not
+        g.exemplar_in["8"].weight.normal_(0.0, 0.5)
+    colours = {"red square": (220, 30, 30), "blue square": (30, 30, 220), "green square": (30, 200, 30),
+               "yellow square": (230, 220, 20)}
+    images, captions, groups = [], [], []
+    for name, rgb in colours.items():
+        for style, size in (("small", 4), ("medium", 8), ("large", 12)):
+            img = torch.full((3, 16, 16), 255, dtype=torch.uint8)
+            lo = (16 - size) // 2
+            img[:, lo : lo + size, lo : lo + size] = torch.tensor(rgb, dtype=torch.uint8)[:, None, None]
+            images.append(img)
+            captions.append(f"{name}, {style} style")
+            groups.append(name)
+    bank = ExemplarBank.build(torch.stack(images), captions, groups, text_encoder)
+    return save_model_folder(tmp_path_factory.mktemp("tiny_ex") / "model", g, text_encoder.name,
+                             make_tiny_discriminator(), bank=bank)

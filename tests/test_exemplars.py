@@ -86,3 +86,30 @@ def test_recolour_turns_saturated_pixels_to_the_named_hue_and_keeps_grey():
     hsv = rgb_to_hsv((out + 1) / 2)
     assert abs(hsv[0, 0, 3, 3].item() * 360 - COLOURS["blue"]) < 2
     assert torch.allclose(out[:, :, 7, 7], img[:, :, 7, 7], atol=1e-5) and torch.allclose(out[:, :, 0, 0], img[:, :, 0, 0], atol=1e-5)
+
+
+def test_training_with_exemplars_resumes_and_ships_its_pairs_as_the_bank(tmp_path):
+    from t2i_core.data import shapes
+    from t2i_core.pipeline import T2IPipeline
+    from t2i_core.training.checkpoints import list_checkpoints
+    from t2i_core.training.config import TrainConfig
+    from t2i_core.training.loop import train
+    from safetensors.torch import load_file
+
+    data = shapes.make_shapes_dataset(tmp_path / "shapes", n=24, resolution=32)
+    tiny = dict(data=str(data), init="none", resolution=16, g_channels=(32, 32, 16), d_channels=(16, 32, 32),
+                batch_size=8, precision="fp32", r1_every=2, sample_every=1000, log_every=1, seed=3,
+                exemplar_resolutions=(8,), recolour_prob=0.5, checkpoint_every=2)
+    # Zero steps: the uploaded pairs are in the model's bank at once.
+    first = train(TrainConfig(out=str(tmp_path / "zero"), max_steps=0, **tiny))
+    pipe = T2IPipeline.from_pretrained(first)
+    assert len(pipe.bank) == 24 and pipe("a red circle", seed=0).exemplars[0]
+    # A few steps, interrupted and resumed, equal an uninterrupted run; the exemplar path learns.
+    full = train(TrainConfig(out=str(tmp_path / "a"), max_steps=4, **tiny))
+    train(TrainConfig(out=str(tmp_path / "b"), max_steps=2, **tiny))
+    train(TrainConfig(out=str(tmp_path / "b"), max_steps=4, resume=True, **tiny))
+    a = load_file(list_checkpoints(tmp_path / "a")[-1] / "generator.safetensors")
+    b = load_file(list_checkpoints(tmp_path / "b")[-1] / "generator.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    assert a["exemplar_in.8.weight"].abs().sum() > 0
+    assert T2IPipeline.from_pretrained(full).bank.captions == pipe.bank.captions
