@@ -43,8 +43,8 @@ def fine_tune_config(data: Path, run_dir: Path, init: str, max_steps: int, minut
     every = max(1, min(200, max_steps // 20))
     return TrainConfig(data=str(data), out=str(run_dir), init=init, max_steps=max_steps, minutes=float(minutes),
                        lr_g=float(lr), lr_d=float(lr), batch_size=batch_size, threads=threads, fit=fit,
-                       log_every=max(1, every // 4), sample_every=every, sample_minutes=0.5, keep_checkpoints=1,
-                       checkpoint_every=max(every, min(500, max_steps // 4)))
+                       log_every=max(1, min(10, every // 4)), sample_every=every, sample_minutes=0.5,
+                       keep_checkpoints=1, checkpoint_every=max(every, min(500, max_steps // 4)))
 
 
 def all_cores() -> int:
