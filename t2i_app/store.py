@@ -71,7 +71,11 @@ class RunInfo:
 
 @dataclass
 class Progress:
-    """A run's progress as read from its files: metrics rows, the newest sample grid, the share done (0..1)."""
+    """A run's progress as read from its files: metrics rows, the newest sample grid, the share done (0..1).
+
+    `elapsed` is wall-clock seconds since the run was started (loading included); `left` the seconds of its time
+    budget still to go (None without one); `rate` images a second over the last minute of training; `end` why the
+    trainer ended ("max steps", "time budget", "stop requested"), from its last row."""
 
     run: RunInfo
     step: int
@@ -79,6 +83,10 @@ class Progress:
     elapsed: float
     metrics: list[dict]
     sample: Path | None
+    images: int = 0
+    rate: float | None = None
+    left: float | None = None
+    end: str = ""
 
 
 def check_owner(owner: str) -> str:
@@ -113,6 +121,22 @@ def read_metrics(run_dir: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return rows
+
+
+def export_model(src: Path, dst: Path) -> Path:
+    """A download copy of the model folder `src` in `dst`: the EMA generator stored in fp16, `bank/` copied as it
+    is, model_index.json's text encoder and training record kept; no discriminator."""
+    import torch
+
+    from t2i_core import Generator, save_model_folder
+    from t2i_core.models.folder import read_model_index
+
+    index = read_model_index(src)
+    g = Generator.from_pretrained(src / "generator", use_safetensors=True, torch_dtype=torch.float32)
+    save_model_folder(dst, g, index["text_encoder"], storage_dtype=torch.float16, training=index.get("training"))
+    if (src / "bank").is_dir() and not (dst / "bank").exists():
+        shutil.copytree(src / "bank", dst / "bank")
+    return dst
 
 
 def latest_sample(run_dir: Path) -> Path | None:
@@ -171,7 +195,9 @@ class RunStore:
         return info
 
     def zip_model(self, run_id: str, owner: str, out_dir: Path) -> Path:
-        """The run's model folder as a .zip (entries under model/), for the owner or anyone once shared.
+        """The run's model as a .zip for the owner (or anyone once shared): a flat model folder (model_index.json at
+        the root) that `--model` takes unzipped or zipped; the generator in fp16, the exemplar bank if any, no
+        discriminator (generating does not need it; the run folder keeps it for fine-tuning on), files mode 0644.
 
         The zip is made once per model version and kept in the run folder; what is returned is a link to it in
         `out_dir` (a fresh outputs/ folder, the only place the app lets the web server read from)."""
@@ -180,11 +206,17 @@ class RunStore:
         stem = re.sub(r"[^A-Za-z0-9_-]+", "-", info.name).strip("-")[:40] or "model"
         cached = info.path / "model.zip"
         if not cached.is_file() or cached.stat().st_mtime < (path / "model_index.json").stat().st_mtime:
+            export = info.path / ".export"
+            shutil.rmtree(export, ignore_errors=True)
+            export_model(path, export)
             tmp = info.path / ".model.zip.tmp"
             with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-                for file in sorted(path.rglob("*")):
+                for file in sorted(export.rglob("*")):
                     if file.is_file():
-                        zf.write(file, Path("model") / file.relative_to(path))
+                        entry = zipfile.ZipInfo(file.relative_to(export).as_posix(), time.localtime()[:6])
+                        entry.external_attr, entry.compress_type = 0o100644 << 16, zipfile.ZIP_DEFLATED
+                        zf.writestr(entry, file.read_bytes())
+            shutil.rmtree(export, ignore_errors=True)
             os.replace(tmp, cached)
         out = out_dir / f"{stem}-model.zip"
         try:
@@ -193,17 +225,37 @@ class RunStore:
             shutil.copyfile(cached, out)
         return out
 
-    def progress(self, run_id: str) -> Progress | None:
+    def progress(self, run_id: str, now: float | None = None) -> Progress | None:
         info = self.get(run_id)
         if info is None:
             return None
+        now = time.time() if now is None else now
         metrics = read_metrics(info.path)
-        step = int(metrics[-1]["step"]) if metrics else 0
-        elapsed = float(metrics[-1]["time"]) if metrics else 0.0
+        last = metrics[-1] if metrics else {}
+        step, images = int(last.get("step", 0)), int(last.get("images", 0))
+        # The trainer's clock starts after loading; "wall" - "time" is when that was, so now - it is up to date.
+        trained = now - (last["wall"] - last["time"]) if "wall" in last else float(last.get("time", 0.0))
+        end_time = info.ended if info.status != RUNNING and info.ended else now
+        elapsed = max(0.0, end_time - info.created)
+        left = None
+        if info.minutes and info.status == RUNNING and metrics:
+            left = max(0.0, info.minutes * 60 - trained)
         fraction = step / info.max_steps if info.max_steps else 0.0
         if info.minutes and info.status == RUNNING:
-            # The time budget may end the run before its step count does; the trainer's clock starts after loading.
-            fraction = max(fraction, elapsed / (info.minutes * 60))
+            fraction = max(fraction, trained / (info.minutes * 60))
         if info.status == FINISHED:
             fraction = 1.0
-        return Progress(info, step, min(1.0, fraction), elapsed, metrics, latest_sample(info.path))
+        return Progress(info, step, min(1.0, fraction), elapsed, metrics, latest_sample(info.path), images,
+                        recent_rate(metrics), left, str(last.get("end", "")))
+
+
+def recent_rate(metrics: list[dict], window_s: float = 60.0) -> float | None:
+    """Images a second over the last `window_s` seconds of training rows (None before two rows)."""
+    if len(metrics) < 2:
+        return None
+    last = metrics[-1]
+    first = next((row for row in metrics if last["time"] - row["time"] <= window_s and row is not last), None)
+    if first is None or last["time"] <= first["time"]:
+        first = metrics[-2]
+    seconds = last["time"] - first["time"]
+    return (last.get("images", 0) - first.get("images", 0)) / seconds if seconds > 0 else None

@@ -23,10 +23,42 @@ class Upload:
     report: str
     pairs: int = 0
     path: Path | None = None
+    fit: str = "crop"  # the suggested way to make pictures square: "pad" when many have a wide aspect
 
     @property
     def ok(self) -> bool:
         return self.id is not None
+
+
+WIDE = 1.2  # width:height (either way) from which cropping to a square cuts off a picture's edges
+
+
+def suggest_fit(data: Path, sources: list[str]) -> tuple[str, str]:
+    """How non-square pictures should become square, and a line for the report that says so.
+
+    Reads image headers only (the loader already decoded and fitted them). "pad" (white borders, nothing cut) when
+    at least a quarter of the pictures are WIDE or more; else "crop" (the centre square, as the default corpus is
+    square). Sources that are not files (dataset rows) are not counted."""
+    from PIL import Image
+
+    ratios = []
+    for source in sources:
+        try:
+            with Image.open(data / source) as image:
+                width, height = image.size
+        except (OSError, ValueError):
+            continue
+        ratios.append(max(width, height) / max(1, min(width, height)))
+    off = [r for r in ratios if r > 1.02]
+    if not off:
+        return "crop", ("All pictures are square." if ratios else "")
+    wide = sum(r >= WIDE for r in ratios)
+    fit = "pad" if wide * 4 >= len(ratios) else "crop"
+    typical = sorted(off)[len(off) // 2]
+    how = ("padded to a square with white borders (nothing is cut off)" if fit == "pad"
+           else "centre-cropped to a square (their edges are cut off)")
+    return fit, (f"{len(off)} of {len(ratios)} pictures are not square (typically {typical:.2f}:1); they will be "
+                 f"{how}. Choose *Pad* or *Crop* under *Non-square pictures*.")
 
 
 class Uploads:
@@ -62,10 +94,11 @@ class Uploads:
         except OSError as error:
             shutil.rmtree(base, ignore_errors=True)
             return Upload(None, f"Cannot read the upload ({error}); try again.")
-        summary = report.summary()
+        fit, note = suggest_fit(data, [pair.source for pair in pairs])
+        summary = report.summary() + ("\n" + note if note else "")
         write_json(base / "upload.json", {"owner": owner, "created": time.time(), "pairs": len(pairs),
-                                          "report": summary})
-        return Upload(upload_id, summary, len(pairs), data)
+                                          "report": summary, "fit": fit})
+        return Upload(upload_id, summary, len(pairs), data, fit)
 
     def _fill(self, data: Path, files: list[Path]) -> None:
         """Zips extracted (into archive-N/ when there are several), other files copied flat; DataError over limits."""

@@ -79,7 +79,8 @@ def _add_model_arguments(p: argparse.ArgumentParser, size_default: int | None) -
     p.add_argument("--exemplars", type=int, default=None, metavar="K", choices=range(4),
                    help="bank images each image draws on, 0..3; 0 = none (default: 1 if the model has a bank)")
     p.add_argument("--model", default=None, metavar="PATH",
-                   help="model folder (default: $T2I_MODEL, else the shipped assets/model/)")
+                   help="model folder, or a model .zip from the web app (default: $T2I_MODEL, else the "
+                        "shipped assets/model/)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="(default fp32)")
 
@@ -181,7 +182,9 @@ def _load_pipeline(args: argparse.Namespace):
 
     if str(args.device).startswith("cuda") and not torch.cuda.is_available():
         raise UsageError(f"--device {args.device}: no CUDA GPU is available here; use --device cpu")
-    return T2IPipeline.from_pretrained(args.model, device=args.device, precision=args.precision)
+    from .model_zip import model_folder
+
+    return T2IPipeline.from_pretrained(model_folder(args.model), device=args.device, precision=args.precision)
 
 
 def _resolve_seed(seed: int | None) -> int:

@@ -16,7 +16,7 @@ from ..training.config import TrainConfig, read_options
 _ELEMENT_TYPES = {"int": int, "float": float, "str": str}
 # Options that may change on resume without a notice: where and how long it runs, how often it reports.
 _QUIET_ON_RESUME = {"out", "data", "resume", "max_steps", "minutes", "checkpoint_every", "sample_every", "log_every",
-                    "threads"}
+                    "sample_minutes", "threads"}
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:

@@ -97,6 +97,7 @@ class TrainConfig:
     checkpoint_every: int = option(200, "write a checkpoint every N steps")
     keep_checkpoints: int = option(3, "keep the last K checkpoints")
     sample_every: int = option(200, "save a sample grid every N steps")
+    sample_minutes: float = option(0.0, "also save a sample grid every M minutes of training (0 = by steps only)")
     log_every: int = option(10, "write metrics every N steps")
     sample_prompts: tuple[str, ...] = option((), "prompts of the sample grid (default: 16 captions of the data)")
     device: str = option("cpu", "cpu or cuda")

@@ -50,8 +50,11 @@ class RunLog:
                 message: str = "") -> None:
         if self.rank != 0:
             return
-        rec = {"step": step, "time": round(time.time() - start, 2), "images": images_seen,
-               **{k: round(v, 5) for k, v in losses.items()}}
+        # "wall" (Unix time) lets a reader tell the time since training began now, not as of this row; "end" says
+        # why the run ended, on its last row.
+        now = time.time()
+        rec = {"step": step, "time": round(now - start, 2), "wall": round(now, 2), "images": images_seen,
+               **{k: round(v, 5) for k, v in losses.items()}, **({"end": message} if message else {})}
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(rec) + "\n")
         if self.tensorboard is not None:

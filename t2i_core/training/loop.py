@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from ..data.loading import load_pairs
-from ..images import image_grid, to_pil
+from ..images import captioned_grid, to_pil
 from ..models.discriminator import Discriminator
 from ..models.bank import ExemplarBank
 from ..models.folder import PRECISIONS, check_model_folder, default_model_path, load_bank, read_model_index
@@ -112,6 +112,7 @@ class Trainer:
         self.autocast = PRECISIONS[cfg.precision] if cfg.precision != "fp32" else None
         self.loss = GANLoss(self.g, self.d, cfg, self._ctx)
         prompts = list(cfg.sample_prompts) or self.data.captions[:: max(1, len(self.data.captions) // 16)][:16]
+        self.sample_prompts = prompts  # the same captions in every grid of the run, so progress shows
         self.sample_text = self.text_encoder(prompts).to(self.device)
         self.sample_z = torch.randn(len(prompts), self.g.config.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 7))
         self.sample_exemplars = None
@@ -216,7 +217,7 @@ class Trainer:
         images = self.g_ema(self.sample_z.to(self.device), t.states, t.mask, t.pooled, exemplars=self.sample_exemplars)
         path = self.run_dir / "samples" / f"step-{self.state.step:07d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
-        image_grid(to_pil(images)).save(path)
+        captioned_grid(to_pil(images), self.sample_prompts).save(path)
         return str(path)
 
     # Checkpoints, resume and rollback.
@@ -270,6 +271,10 @@ class Trainer:
         if cfg.resume:
             self.resume()
         start, last_ckpt, stopped = time.time(), self.state.step, "max steps"
+        if self.rank == 0 and self.state.step == 0:
+            # A first grid before any update: what the starting model draws for the sample captions.
+            self._log({}, start, self.save_samples())
+        last_sample = time.time()
         bar = self._progress_bar()
         while self.state.step < cfg.max_steps:
             if self._should_end(start):
@@ -294,8 +299,9 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items() if k in ("d", "g_adv", "rec")})
             sample = None
-            if self.rank == 0 and (step % cfg.sample_every == 0 or step == cfg.max_steps):
-                sample = self.save_samples()
+            by_time = cfg.sample_minutes > 0 and time.time() - last_sample >= cfg.sample_minutes * 60
+            if self.rank == 0 and (step % cfg.sample_every == 0 or step == cfg.max_steps or by_time):
+                sample, last_sample = self.save_samples(), time.time()
             if step % cfg.log_every == 0 or sample:
                 self._log(losses, start, sample)
 
@@ -303,9 +309,10 @@ class Trainer:
             if step % cfg.checkpoint_every == 0:
                 self.checkpoint()
                 last_ckpt = step
+        if self.rank == 0:
+            # The last row says why the run ended: "max steps", "time budget" or "stop requested".
+            self._log({}, start, self.save_samples(), stopped)
         if self.state.step != last_ckpt or not list_checkpoints(self.run_dir):
-            if self.rank == 0:
-                self._log({}, start, self.save_samples(), f"finished: {stopped}")
             self.checkpoint()
         if bar is not None:
             bar.close()
