@@ -129,14 +129,12 @@ def export_model(src: Path, dst: Path) -> Path:
     import torch
 
     from t2i_core import Generator, save_model_folder
-    from t2i_core.models.folder import read_model_index
+    from t2i_core.models.folder import load_bank, read_model_index
 
     index = read_model_index(src)
     g = Generator.from_pretrained(src / "generator", use_safetensors=True, torch_dtype=torch.float32)
-    save_model_folder(dst, g, index["text_encoder"], storage_dtype=torch.float16, training=index.get("training"))
-    if (src / "bank").is_dir() and not (dst / "bank").exists():
-        shutil.copytree(src / "bank", dst / "bank")
-    return dst
+    return save_model_folder(dst, g, index["text_encoder"], storage_dtype=torch.float16, training=index.get("training"),
+                             bank=load_bank(src))
 
 
 def latest_sample(run_dir: Path) -> Path | None:
