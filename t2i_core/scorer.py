@@ -5,6 +5,7 @@ discriminator's features or an alignment loss). The evaluation scorer must be an
 seed, ideally another width), never one that a training loss used, or the figures would reward fooling that network.
 
     python -m t2i_core.scorer --data CORPUS/train --out assets/scorer [--minutes 10] [--seed 0]
+    python -m t2i_core.scorer --data CORPUS/train CORPUS/test --out assets/scorer ...   # both splits: see MODEL_CARD
 """
 
 from __future__ import annotations
@@ -93,17 +94,24 @@ class ImageEncoder(ModelMixin, ConfigMixin):
 
 
 class ContrastiveScorer(nn.Module):
-    """CLIP-style image-text scorer: ImageEncoder + a linear head on the frozen TextEncoder's pooled vector.
+    """CLIP-style image-text scorer: ImageEncoder + a head on the frozen TextEncoder's pooled vector.
 
     Both sides map to L2-normalised (B, D) embeddings; `logit_scale` (learned, log space) sharpens their cosine
-    similarities into the logits of the contrastive loss.
+    similarities into the logits of the contrastive loss. The text head is linear, plus a residual MLP of width
+    `text_hidden` when that is > 0 (a linear map cannot undo what the frozen sentence vector mixes up, e.g. a style
+    word against the object's name).
     """
 
-    def __init__(self, image_encoder: ImageEncoder, text_encoder: TextEncoder, info: dict | None = None):
+    def __init__(self, image_encoder: ImageEncoder, text_encoder: TextEncoder, info: dict | None = None,
+                 text_hidden: int = 0):
         super().__init__()
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder  # frozen, shared; never saved with the scorer
         self.text_head = nn.Linear(text_encoder.pooled_dim, image_encoder.config.embed_dim)
+        self.text_hidden = text_hidden
+        self.text_mlp = (nn.Sequential(nn.Linear(text_encoder.pooled_dim, text_hidden), nn.GELU(),
+                                       nn.Linear(text_hidden, image_encoder.config.embed_dim))
+                         if text_hidden else None)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         self.info = dict(info or {})  # training facts saved in config.json (seed, steps, data, measured R@1, ...)
 
@@ -124,7 +132,10 @@ class ContrastiveScorer(nn.Module):
 
     def encode_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
         """The TextEncoder's pooled vectors (B, pooled_dim) -> (B, D), unit norm (for precomputed text)."""
-        return F.normalize(self.text_head(pooled), dim=-1)
+        out = self.text_head(pooled)
+        if self.text_mlp is not None:
+            out = out + self.text_mlp(pooled)
+        return F.normalize(out, dim=-1)
 
     def encode_texts(self, prompts: list[str], batch_size: int = 256) -> torch.Tensor:
         """Prompts -> (B, D), unit norm. The TextEncoder's cache makes repeated prompts cheap."""
@@ -147,11 +158,14 @@ class ContrastiveScorer(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         self.image_encoder.save_pretrained(path / "image_encoder", safe_serialization=True)
         head = {"weight": self.text_head.weight, "bias": self.text_head.bias, "logit_scale": self.logit_scale}
+        if self.text_mlp is not None:
+            head.update({f"mlp.{k}": v for k, v in self.text_mlp.state_dict().items()})
         save_file({k: v.detach().cpu().contiguous() for k, v in head.items()}, str(path / "text_head.safetensors"))
         config = {
             "_class_name": "ContrastiveScorer",
             "text_encoder": self.text_encoder.name,
             "embed_dim": self.embed_dim,
+            "text_hidden": self.text_hidden,
             "image_encoder": dict(self.image_encoder.config),
             "training": self.info,
         }
@@ -178,12 +192,14 @@ class ContrastiveScorer(nn.Module):
             raise ValueError(f"The scorer in {str(path)!r} was trained with text encoder {config.get('text_encoder')!r}, "
                              f"not {text_encoder.name!r}; pass that one or none.")
         image_encoder = ImageEncoder.from_pretrained(path / "image_encoder", use_safetensors=True, low_cpu_mem_usage=False)
-        scorer = cls(image_encoder, text_encoder, config.get("training"))
+        scorer = cls(image_encoder, text_encoder, config.get("training"), text_hidden=config.get("text_hidden", 0))
         head = load_file(str(path / "text_head.safetensors"))
         with torch.no_grad():
             scorer.text_head.weight.copy_(head["weight"])
             scorer.text_head.bias.copy_(head["bias"])
             scorer.logit_scale.copy_(head["logit_scale"])
+            if scorer.text_mlp is not None:
+                scorer.text_mlp.load_state_dict({k[len("mlp."):]: v for k, v in head.items() if k.startswith("mlp.")})
         return scorer.eval().requires_grad_(False)
 
 
@@ -222,12 +238,35 @@ def shift_and_zoom(images: torch.Tensor, generator: torch.Generator, shift: floa
 
 @dataclass
 class ScorerData:
-    """Training tensors: images (N, 3, R, R) uint8, pooled text (N, pooled_dim), group id per image (N,)."""
+    """Training tensors.
+
+    images (N, 3, R, R) uint8; pooled (U, pooled_dim): the text vector of each unique caption form; variants (N, V)
+    long: the caption forms of each image as indices into `pooled` (-1 pads), its styled forms first (the corpus
+    caption at 0), then its style-free ones; styled (N,) and plain (N,): how many of each; groups (N,): group id;
+    captions: each image's corpus caption.
+    """
 
     images: torch.Tensor
     pooled: torch.Tensor
     groups: torch.Tensor
     captions: list[str]
+    variants: torch.Tensor
+    styled: torch.Tensor
+    plain: torch.Tensor
+
+    def sample_text(self, idx: torch.Tensor, generator: torch.Generator, styled_share: float = 0.5) -> torch.Tensor:
+        """One caption form for each image in idx (B,): a styled one with probability `styled_share` (always when
+        it has no style-free form), else a style-free one; uniform within the kind. -> (B,) indices into `pooled`."""
+        styled, plain = self.styled[idx], self.plain[idx]
+        use_styled = (torch.rand(len(idx), generator=generator) < styled_share) | (plain == 0)
+        u = torch.rand(len(idx), generator=generator)
+        col = torch.where(use_styled, (u * styled).long(), styled + (u * plain.clamp(min=1)).long())
+        return self.variants[idx, col]
+
+    def name_index(self) -> torch.Tensor:
+        """(N,) the plainest caption form of each image (its first style-free form, else its corpus caption)."""
+        col = torch.where(self.plain > 0, self.styled, torch.zeros_like(self.styled))
+        return self.variants[torch.arange(len(col)), col]
 
 
 def read_group_keys(folder: str | os.PathLike) -> dict[str, str]:
@@ -241,6 +280,19 @@ def read_group_keys(folder: str | os.PathLike) -> dict[str, str]:
                 if isinstance(row, dict) and "file_name" in row and "emoji" in row:
                     keys[os.path.normpath(row["file_name"]).replace(os.sep, "/")] = str(row["emoji"])
     return keys
+
+
+def read_metadata_rows(folder: str | os.PathLike) -> dict[str, dict]:
+    """Map image path (relative to `folder`) -> its metadata.jsonl row (label, style, ... where the corpus has them)."""
+    meta = Path(folder) / "metadata.jsonl"
+    rows: dict[str, dict] = {}
+    if meta.is_file():
+        for line in meta.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                row = json.loads(line)
+                if isinstance(row, dict) and "file_name" in row:
+                    rows[os.path.normpath(row["file_name"]).replace(os.sep, "/")] = row
+    return rows
 
 
 def training_folder(path: str | os.PathLike) -> Path:
@@ -286,9 +338,27 @@ def pooled_text_vectors(text_encoder: TextEncoder, captions: list[str], batch_si
     return out
 
 
+def caption_forms(pair, row: dict | None, variants: bool = True) -> tuple[list[str], list[str]]:
+    """(styled forms, style-free forms) of one pair's caption; the corpus caption is the first styled form.
+
+    With a metadata row that has a "label" (the emoji corpus), all the forms of `t2i_core.captions`; otherwise the
+    caption and the pair's alt_texts. variants=False: the corpus caption only.
+    """
+    from .captions import plain_variants, styled_variants
+
+    if not variants:
+        return [pair.text], []
+    if row and row.get("label"):
+        styled = styled_variants(row["label"], row["style"], pair.text) if row.get("style") else [pair.text]
+        return styled, [v for v in plain_variants(row["label"]) if v not in styled]
+    return [pair.text], [t for t in dict.fromkeys(pair.alt_texts) if t != pair.text]
+
+
 def build_scorer_data(pairs, text_encoder: TextEncoder, group_keys: dict[str, str] | None = None,
-                      resolution: int = 64, cache_text: bool = False) -> ScorerData:
-    """Pairs -> ScorerData. Images with the same group key (else the same caption) are never each other's negatives."""
+                      resolution: int = 64, cache_text: bool = False, rows: dict[str, dict] | None = None,
+                      variants: bool = True) -> ScorerData:
+    """Pairs -> ScorerData. Images with the same group key (else the same caption) are never each other's negatives.
+    rows: pair.source -> metadata row, for the caption forms (see `caption_forms`)."""
     from .data import images_to_tensor
 
     images = images_to_tensor(pairs)
@@ -296,13 +366,19 @@ def build_scorer_data(pairs, text_encoder: TextEncoder, group_keys: dict[str, st
         images = F.interpolate(images, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
     images = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     captions = [p.text for p in pairs]
-    unique = sorted(set(captions))
+    forms = [caption_forms(p, (rows or {}).get(p.source), variants) for p in pairs]
+    unique = sorted({f for styled, plain in forms for f in styled + plain})
     index = {c: i for i, c in enumerate(unique)}
-    pooled = pooled_text_vectors(text_encoder, unique, cache=cache_text)[torch.tensor([index[c] for c in captions])]
+    pooled = pooled_text_vectors(text_encoder, unique, cache=cache_text)
+    width = max(len(styled) + len(plain) for styled, plain in forms)
+    table = torch.full((len(pairs), width), -1, dtype=torch.long)
+    for i, (styled, plain) in enumerate(forms):
+        table[i, : len(styled) + len(plain)] = torch.tensor([index[f] for f in styled + plain])
     keys = [(group_keys or {}).get(p.source, "text:" + p.text) for p in pairs]
     ids = {k: i for i, k in enumerate(sorted(set(keys)))}
     groups = torch.tensor([ids[k] for k in keys])
-    return ScorerData(images, pooled, groups, captions)
+    return ScorerData(images, pooled, groups, captions, table, torch.tensor([len(f[0]) for f in forms]),
+                      torch.tensor([len(f[1]) for f in forms]))
 
 
 @contextlib.contextmanager
@@ -317,23 +393,96 @@ def torch_threads(threads: int):
         torch.set_num_threads(previous)
 
 
+def is_folder_list(data) -> bool:
+    """True for a folder or a list of folders (rather than a list of `Pair`s)."""
+    if isinstance(data, (str, os.PathLike)):
+        return True
+    return isinstance(data, (list, tuple)) and len(data) > 0 and all(isinstance(d, (str, os.PathLike)) for d in data)
+
+
 def load_scorer_data(data_dir_or_pairs, text_encoder: TextEncoder, resolution: int = 64,
-                     group_keys: dict[str, str] | None = None, cache_text: bool = False, log=print) -> ScorerData:
-    """A training folder (a corpus root with train/ uses train/) or a list of `Pair`s -> ScorerData."""
+                     group_keys: dict[str, str] | None = None, cache_text: bool = False, log=print,
+                     variants: bool = True) -> ScorerData:
+    """A training folder (a corpus root with train/ uses train/), a list of folders (all used: e.g. a corpus's
+    train/ and test/), or a list of `Pair`s -> ScorerData."""
+    from dataclasses import replace
+
     from .data import load_pairs
 
-    if isinstance(data_dir_or_pairs, (str, os.PathLike)):
-        folder = training_folder(data_dir_or_pairs)
-        pairs, report = load_pairs(folder, resolution)
-        log(report.summary())
-        group_keys = read_group_keys(folder) if group_keys is None else group_keys
+    rows = None
+    if is_folder_list(data_dir_or_pairs):
+        folders = [data_dir_or_pairs] if isinstance(data_dir_or_pairs, (str, os.PathLike)) else data_dir_or_pairs
+        pairs, rows, keys = [], {}, {}
+        for i, folder in enumerate(training_folder(f) for f in folders):
+            found, report = load_pairs(folder, resolution)
+            log(f"{folder}: {report.summary()}")
+            # Sources are relative to their folder; prefix them so that two folders' files stay apart.
+            prefix = f"{i}:" if len(folders) > 1 else ""
+            pairs += [replace(p, source=prefix + p.source) for p in found]
+            rows.update({prefix + k: v for k, v in read_metadata_rows(folder).items()})
+            keys.update({prefix + k: v for k, v in read_group_keys(folder).items()})
+        group_keys = keys if group_keys is None else group_keys
     else:
         pairs = list(data_dir_or_pairs)
     start = time.time()
-    data = build_scorer_data(pairs, text_encoder, group_keys, resolution, cache_text)
-    log(f"encoded {len(set(data.captions))} captions in {time.time() - start:.0f}s; "
-        f"{len(pairs)} images in {int(data.groups.max()) + 1} groups")
+    data = build_scorer_data(pairs, text_encoder, group_keys, resolution, cache_text, rows, variants)
+    log(f"encoded {len(data.pooled)} caption forms of {len(set(data.captions))} captions in "
+        f"{time.time() - start:.0f}s; {len(pairs)} images in {int(data.groups.max()) + 1} groups")
     return data
+
+
+def nearest_names(data: ScorerData, k: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """For hard negatives: each image's name, and for each name the k names nearest to it in the text space.
+
+    Returns (name_id (N,) long, neighbours (L, k) long): names are the images' plainest caption forms, numbered
+    0..L-1; a name is never its own neighbour. Images of near names (other faces, other arrows) in one batch teach
+    the fine differences that random batches rarely show.
+    """
+    names, name_id = torch.unique(data.name_index(), return_inverse=True)
+    vectors = F.normalize(data.pooled[names], dim=-1)
+    k = min(k, len(names) - 1)
+    neighbours = torch.empty(len(names), max(k, 0), dtype=torch.long)
+    for start in range(0, len(names), 1024):
+        sim = vectors[start : start + 1024] @ vectors.T
+        sim[torch.arange(len(sim)), torch.arange(start, start + len(sim))] = -2.0
+        neighbours[start : start + 1024] = sim.topk(k, dim=1).indices if k > 0 else neighbours[start : start + 1024]
+    return name_id, neighbours
+
+
+def batch_indices(perm_idx: torch.Tensor, name_id: torch.Tensor, neighbours: torch.Tensor, hard: float,
+                  generator: torch.Generator) -> torch.Tensor:
+    """A batch (B,) of image indices: the first B - H of perm_idx, then for H = hard * B / 2 of them an image
+    whose name is one of their name's nearest (hard negatives)."""
+    b = len(perm_idx)
+    h = int(hard * b / 2) if neighbours.shape[1] > 0 else 0
+    if h == 0:
+        return perm_idx
+    anchors = perm_idx[: b - h]
+    pick = neighbours[name_id[anchors[:h]], torch.randint(neighbours.shape[1], (h,), generator=generator)]  # (H,)
+    # A random image of each picked name: sort images by name, then index into each name's run.
+    order = torch.argsort(name_id, stable=True)
+    counts = torch.bincount(name_id, minlength=len(neighbours))
+    starts = torch.cumsum(counts, 0) - counts
+    offset = (torch.rand(h, generator=generator) * counts[pick]).long()
+    return torch.cat([anchors, order[starts[pick] + offset]])
+
+
+def blob_loss(scale: torch.Tensor, blob_emb: torch.Tensor, image_emb: torch.Tensor, text_emb: torch.Tensor,
+              blob_text: torch.Tensor) -> torch.Tensor:
+    """Degraded copies must not pass for their images. blob_emb (K, D): blobs of the first K images of the batch,
+    whose embeddings are image_emb (B, D) and captions' text_emb (B, D); blob_text (D,): a learned "blob" caption.
+
+    Two terms: each of those captions prefers its real image to its blob (a two-way softmax), and each blob's
+    best caption among the batch's and the blob caption is the blob caption, so that no real caption ranks first
+    for a blob because of its colours.
+    """
+    k = len(blob_emb)
+    real = (image_emb[:k] * text_emb[:k]).sum(-1)
+    fake = (blob_emb * text_emb[:k]).sum(-1)
+    prefer_real = F.cross_entropy(scale * torch.stack([real, fake], 1), torch.zeros(k, dtype=torch.long))
+    candidates = torch.cat([text_emb, F.normalize(blob_text, dim=-1)[None]])  # (B + 1, D)
+    to_blob = F.cross_entropy(scale * blob_emb @ candidates.T, torch.full((k,), len(text_emb), dtype=torch.long))
+    return 0.5 * (prefer_real + to_blob)
 
 
 def train_scorer(
@@ -355,42 +504,73 @@ def train_scorer(
     log_every: int = 50,
     threads: int = 0,
     cache_text: bool = True,
+    text_hidden: int = 0,
+    variants: bool = False,
+    styled_share: float = 0.5,
+    hard_negatives: float = 0.0,
+    blob_weight: float = 0.0,
+    blob_kinds: tuple[str, ...] = ("blur", "silhouette", "pixelate"),
+    blob_share: float = 0.25,
+    save_every: float = 0.0,
     log=print,
 ) -> ContrastiveScorer:
     """Train a ContrastiveScorer with the symmetric InfoNCE loss; save it to `out_dir` when given.
 
-    data_dir_or_pairs: a training folder (a corpus root with train/ uses train/), or a list of `Pair`s (then
-    `group_keys` maps pair.source -> group, else pairs group by caption). Stops after `max_steps` (0: no limit) or
-    `minutes` of training (0: no limit; text encoding before it is not counted); one of them must be set. The
-    learning rate follows a warm-up then a cosine decay over whichever budget runs out first. The returned scorer is
-    in eval mode with `info["loss_history"]` holding (step, loss) at each log point. threads > 0 sets torch's CPU
-    threads for the call (1 is often fastest on a busy machine); cache_text keeps caption vectors on disk.
+    data_dir_or_pairs: a training folder (a corpus root with train/ uses train/), a list of folders (all used), or a
+    list of `Pair`s (then `group_keys` maps pair.source -> group, else pairs group by caption). Stops after
+    `max_steps` (0: no limit) or `minutes` of training (0: no limit; text encoding before it is not counted); one of
+    them must be set. The learning rate follows a warm-up then a cosine decay over whichever budget runs out first.
+    The returned scorer is in eval mode with `info["loss_history"]` holding (step, loss) at each log point. threads > 0
+    sets torch's CPU threads for the call (1 is often fastest on a busy machine); cache_text keeps caption vectors on
+    disk.
+
+    What makes a stronger scorer (all off by default): text_hidden > 0 adds a residual MLP to the text head;
+    variants=True draws each image's caption from all its forms (`caption_forms`; a styled one with probability
+    `styled_share`); hard_negatives = f fills f / 2 of each batch with images whose names are nearest to others'
+    in the batch; blob_weight > 0 adds `blob_loss` on random degraded copies (`t2i_core.blobs`, kinds `blob_kinds`) of
+    `blob_share` of the batch. save_every > 0 also saves to out_dir every that many minutes.
     """
+    from .blobs import random_blobs
     from .pipeline import load_text_encoder
 
     if not minutes and not max_steps:
         raise ValueError("train_scorer needs a budget: pass minutes > 0 or max_steps > 0.")
     text_encoder = text_encoder or load_text_encoder()
     with torch_threads(threads):
-        data = load_scorer_data(data_dir_or_pairs, text_encoder, resolution, group_keys, cache_text, log)
+        data = load_scorer_data(data_dir_or_pairs, text_encoder, resolution, group_keys, cache_text, log, variants)
         n = len(data.images)
         batch_size = min(batch_size, n)
+        name_id, neighbours = nearest_names(data) if hard_negatives else (None, None)
 
         # Build the scorer and its optimiser.
         torch.manual_seed(seed)
         image_encoder = ImageEncoder(resolution=resolution, channels=tuple(channels), embed_dim=embed_dim,
                                      stem_stride=stem_stride)
-        scorer = ContrastiveScorer(image_encoder, text_encoder).train()
+        scorer = ContrastiveScorer(image_encoder, text_encoder, text_hidden=text_hidden).train()
+        blob_text = nn.Parameter(torch.randn(embed_dim) * embed_dim**-0.5)  # training only; never saved
         params = [p for name, p in scorer.named_parameters() if not name.startswith("text_encoder.")]
         opt = torch.optim.AdamW(
             [{"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
+             {"params": [p for p in params if p.ndim < 2] + [blob_text], "weight_decay": 0.0}],
             lr=lr, betas=(0.9, 0.98),
         )
         gen = torch.Generator().manual_seed(seed)
         warmup = 100 if not max_steps else min(100, max(1, max_steps // 10))
+        settings = {"text_hidden": text_hidden, "variants": variants, "styled_share": styled_share,
+                    "hard_negatives": hard_negatives, "blob_weight": blob_weight, "blob_kinds": list(blob_kinds),
+                    "blob_share": blob_share, "weight_decay": weight_decay}
+
+        def info(step: int, history: list) -> dict:
+            return {
+                # The last two parts of each path (e.g. emoji/train): provenance without this machine's layout.
+                "data": data_description(data_dir_or_pairs),
+                "pairs": n, "seed": seed, "steps": step, "batch_size": batch_size,
+                "minutes": round((time.time() - start) / 60, 2), "lr": lr, "augment": augment, **settings,
+                "final_loss": history[-1][1] if history else None, "loss_history": history,
+            }
 
         start, step, history, perm, pos = time.time(), 0, [], torch.randperm(n, generator=gen), 0
+        last_save = start
         while True:
             # Schedule: warm-up, then cosine decay over the budget that runs out first.
             progress = max(step / max_steps if max_steps else 0.0,
@@ -401,19 +581,29 @@ def train_scorer(
             for group in opt.param_groups:
                 group["lr"] = lr * scale
 
-            # Batch: walk a per-epoch permutation.
+            # Batch: walk a per-epoch permutation; hard negatives replace its tail.
             if pos + batch_size > n:
                 perm, pos = torch.randperm(n, generator=gen), 0
             idx = perm[pos : pos + batch_size]
             pos += batch_size
+            if hard_negatives:
+                idx = batch_indices(idx, name_id, neighbours, hard_negatives, gen)
             images = data.images[idx].float().div(127.5).sub(1.0)
             if augment:
                 images = shift_and_zoom(images, gen)
+            text_idx = data.sample_text(idx, gen, styled_share) if variants else data.variants[idx, 0]
 
             # Update.
             groups = data.groups[idx]
-            logits = scorer.logits(scorer.encode_images(images), scorer.encode_pooled(data.pooled[idx]))
+            image_emb = scorer.encode_images(images)
+            text_emb = scorer.encode_pooled(data.pooled[text_idx])
+            logits = scorer.logits(image_emb, text_emb)
             loss = contrastive_loss(logits, groups[:, None] == groups[None, :])
+            if blob_weight:
+                k = max(1, int(blob_share * len(idx)))
+                blob_emb = scorer.encode_images(random_blobs(images[:k], gen, tuple(blob_kinds)))
+                loss = loss + blob_weight * blob_loss(scorer.logit_scale.exp().clamp(max=100.0), blob_emb, image_emb,
+                                                      text_emb, blob_text)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -423,19 +613,27 @@ def train_scorer(
                 log(f"step {step} loss {loss.item():.4f} scale {scorer.logit_scale.exp().item():.1f} "
                     f"lr {lr * scale:.2e} {time.time() - start:.0f}s")
 
+            # Save checkpoint.
+            if out_dir is not None and save_every and time.time() - last_save > 60 * save_every:
+                scorer.info = {**info(step, history), "checkpoint": True}
+                scorer.save_pretrained(out_dir)
+                last_save = time.time()
+                log(f"checkpoint at step {step} saved to {out_dir}")
+
     scorer.eval().requires_grad_(False)
-    scorer.info = {
-        # The last two parts of the path (e.g. emoji/train): provenance without this machine's layout.
-        "data": "/".join(Path(data_dir_or_pairs).parts[-2:]) if isinstance(data_dir_or_pairs, (str, os.PathLike))
-        else "pairs",
-        "pairs": n, "seed": seed, "steps": step, "batch_size": batch_size,
-        "minutes": round((time.time() - start) / 60, 2), "lr": lr, "augment": augment,
-        "final_loss": history[-1][1] if history else None, "loss_history": history,
-    }
+    scorer.info = info(step, history)
     if out_dir is not None:
         scorer.save_pretrained(out_dir)
         log(f"saved scorer to {out_dir}")
     return scorer
+
+
+def data_description(data) -> str:
+    """The last two parts of each folder's path (e.g. "emoji/train + emoji/test"), or "pairs"."""
+    if not is_folder_list(data):
+        return "pairs"
+    folders = [data] if isinstance(data, (str, os.PathLike)) else data
+    return " + ".join("/".join(Path(f).parts[-2:]) for f in folders)
 
 
 # Command line: python -m t2i_core.scorer
@@ -445,7 +643,9 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m t2i_core.scorer", description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--data", required=True, help="training folder (a corpus root with train/ uses train/)")
+    parser.add_argument("--data", required=True, nargs="+",
+                        help="training folder(s), all used (a corpus root with train/ uses train/); the shipped "
+                             "scorer is trained on both splits, CORPUS/train CORPUS/test")
     parser.add_argument("--out", required=True, help="scorer folder to write")
     parser.add_argument("--minutes", type=float, default=10.0, help="training time budget (default 10)")
     parser.add_argument("--max-steps", type=int, default=0, help="step budget (0 = none)")
@@ -457,23 +657,47 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--no-augment", action="store_true")
+    parser.add_argument("--text-hidden", type=int, default=0,
+                        help="width of a residual MLP in the text head (0 = a linear head only)")
+    parser.add_argument("--variants", action="store_true",
+                        help="train on every caption form (name, with/without style, 'emoji of ...', paraphrases)")
+    parser.add_argument("--styled-share", type=float, default=0.5,
+                        help="with --variants, the share of captions that name the style (default 0.5)")
+    parser.add_argument("--hard-negatives", type=float, default=0.0, metavar="F",
+                        help="share of each batch drawn as the nearest names of the rest (default 0)")
+    parser.add_argument("--blob-weight", type=float, default=0.0,
+                        help="weight of the loss that ranks degraded copies (blur, silhouette, pixelated) below the "
+                             "real image (default 0: off)")
+    parser.add_argument("--blob-kinds", default="blur,silhouette,pixelate",
+                        help="comma-separated degradations for --blob-weight")
+    parser.add_argument("--save-every", type=float, default=0.0, metavar="MIN",
+                        help="also save to --out every MIN minutes (default 0: only at the end)")
     parser.add_argument("--test", default=None,
                         help="held-out folder to measure R@1 on (default: the corpus's test/ beside train/)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        scorer = train_scorer(args.data, None, minutes=args.minutes, max_steps=args.max_steps,
-                              batch_size=args.batch_size, seed=args.seed, channels=tuple(args.channels),
-                              embed_dim=args.embed_dim, stem_stride=args.stem_stride, augment=not args.no_augment,
-                              lr=args.lr, threads=args.threads)
-        test = Path(args.test) if args.test else training_folder(args.data).parent / "test"
+        data = args.data[0] if len(args.data) == 1 else args.data
+        scorer = train_scorer(data, args.out if args.save_every else None, minutes=args.minutes,
+                              max_steps=args.max_steps, batch_size=args.batch_size, seed=args.seed,
+                              channels=tuple(args.channels), embed_dim=args.embed_dim, stem_stride=args.stem_stride,
+                              augment=not args.no_augment, lr=args.lr, threads=args.threads,
+                              text_hidden=args.text_hidden, variants=args.variants, styled_share=args.styled_share,
+                              hard_negatives=args.hard_negatives, blob_weight=args.blob_weight,
+                              blob_kinds=tuple(k.strip() for k in args.blob_kinds.split(",") if k.strip()),
+                              save_every=args.save_every)
+        test = Path(args.test) if args.test else training_folder(args.data[0]).parent / "test"
         if (test / "metadata.jsonl").is_file():
             from .evaluation import scorer_test_r_precision
 
+            trained_on = {training_folder(d).resolve() for d in args.data}
+            held_out = test.resolve() not in trained_on
             figures = scorer_test_r_precision(scorer, test)
-            scorer.info["test"] = {"folder": "/".join(test.parts[-2:]), **figures}
-            print(f"held-out R@1 of real images among {figures['candidates']} captions: {figures['r_precision']:.3f} "
-                  f"(chance {1 / figures['candidates']:.3f}); alignment {figures['alignment']:.2f}")
+            scorer.info["test"] = {"folder": "/".join(test.parts[-2:]), "held_out": held_out, **figures}
+            kind = "held-out" if held_out else "NOT held-out (trained on it)"
+            print(f"{kind} R@1 of real images in {test} among {figures['candidates']} captions: "
+                  f"{figures['r_precision']:.3f} (chance {1 / figures['candidates']:.3f}); "
+                  f"alignment {figures['alignment']:.2f}")
         scorer.save_pretrained(args.out)
         print(f"saved scorer to {args.out}")
     except ValueError as err:
