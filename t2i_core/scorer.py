@@ -512,6 +512,7 @@ def train_scorer(
     blob_kinds: tuple[str, ...] = ("blur", "silhouette", "pixelate"),
     blob_share: float = 0.25,
     save_every: float = 0.0,
+    init: str | os.PathLike | None = None,
     log=print,
 ) -> ContrastiveScorer:
     """Train a ContrastiveScorer with the symmetric InfoNCE loss; save it to `out_dir` when given.
@@ -528,7 +529,8 @@ def train_scorer(
     variants=True draws each image's caption from all its forms (`caption_forms`; a styled one with probability
     `styled_share`); hard_negatives = f fills f / 2 of each batch with images whose names are nearest to others'
     in the batch; blob_weight > 0 adds `blob_loss` on random degraded copies (`t2i_core.blobs`, kinds `blob_kinds`) of
-    `blob_share` of the batch. save_every > 0 also saves to out_dir every that many minutes.
+    `blob_share` of the batch. save_every > 0 also saves to out_dir every that many minutes. init: a scorer folder
+    of the same architecture to start from (a warm restart of the schedule: the steps add to its own).
     """
     from .blobs import random_blobs
     from .pipeline import load_text_encoder
@@ -547,6 +549,15 @@ def train_scorer(
         image_encoder = ImageEncoder(resolution=resolution, channels=tuple(channels), embed_dim=embed_dim,
                                      stem_stride=stem_stride)
         scorer = ContrastiveScorer(image_encoder, text_encoder, text_hidden=text_hidden).train()
+        if init is not None:
+            start_from = ContrastiveScorer.from_pretrained(init, text_encoder=text_encoder)
+            own = {k: v for k, v in scorer.state_dict().items() if not k.startswith("text_encoder.")}
+            theirs = {k: v for k, v in start_from.state_dict().items() if not k.startswith("text_encoder.")}
+            if {k: v.shape for k, v in own.items()} != {k: v.shape for k, v in theirs.items()}:
+                raise ValueError(f"--init {str(init)!r} has another architecture; pass the same --channels, "
+                                 "--stem-stride, --embed-dim and --text-hidden as it was trained with.")
+            scorer.load_state_dict(theirs, strict=False)
+            init_info = {k: start_from.info.get(k) for k in ("data", "steps", "minutes")}
         blob_text = nn.Parameter(torch.randn(embed_dim) * embed_dim**-0.5)  # training only; never saved
         params = [p for name, p in scorer.named_parameters() if not name.startswith("text_encoder.")]
         opt = torch.optim.AdamW(
@@ -556,8 +567,8 @@ def train_scorer(
         )
         gen = torch.Generator().manual_seed(seed)
         warmup = 100 if not max_steps else min(100, max(1, max_steps // 10))
-        settings = {"text_hidden": text_hidden, "variants": variants, "styled_share": styled_share,
-                    "hard_negatives": hard_negatives, "blob_weight": blob_weight, "blob_kinds": list(blob_kinds),
+        settings = {"init": init_info if init is not None else None, "text_hidden": text_hidden,
+                    "variants": variants, "styled_share": styled_share, "hard_negatives": hard_negatives, "blob_weight": blob_weight, "blob_kinds": list(blob_kinds),
                     "blob_share": blob_share, "weight_decay": weight_decay}
 
         def info(step: int, history: list) -> dict:
@@ -670,6 +681,8 @@ def main(argv: list[str] | None = None) -> int:
                              "real image (default 0: off)")
     parser.add_argument("--blob-kinds", default="blur,silhouette,pixelate",
                         help="comma-separated degradations for --blob-weight")
+    parser.add_argument("--init", default=None, metavar="DIR",
+                        help="start from this scorer folder (same architecture flags); a warm restart")
     parser.add_argument("--save-every", type=float, default=0.0, metavar="MIN",
                         help="also save to --out every MIN minutes (default 0: only at the end)")
     parser.add_argument("--test", default=None,
@@ -685,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
                               text_hidden=args.text_hidden, variants=args.variants, styled_share=args.styled_share,
                               hard_negatives=args.hard_negatives, blob_weight=args.blob_weight,
                               blob_kinds=tuple(k.strip() for k in args.blob_kinds.split(",") if k.strip()),
-                              save_every=args.save_every)
+                              save_every=args.save_every, init=args.init)
         test = Path(args.test) if args.test else training_folder(args.data[0]).parent / "test"
         if (test / "metadata.jsonl").is_file():
             from .evaluation import scorer_test_r_precision

@@ -368,3 +368,13 @@ def test_scorer_command_trains_the_strong_recipe_and_saves_a_loadable_scorer(sha
         scorer.text_mlp[2].bias.zero_()
         b = scorer.encode_texts(["red circle", "blue square"])
     assert a.shape == (2, 16) and not torch.allclose(a, b)  # the saved MLP head is loaded and used
+
+    # A warm restart from the saved scorer; another architecture is refused with what to pass.
+    again = tmp_path / "again"
+    common = ["--data", str(shapes_corpus / "train"), "--max-steps", "2", "--minutes", "0", "--batch-size", "8",
+              "--embed-dim", "16", "--threads", "1", "--text-hidden", "32", "--init", str(out)]
+    assert main(common + ["--out", str(again), "--channels", "8", "16"]) == 0
+    assert ContrastiveScorer.from_pretrained(again, text_encoder=text_encoder).info["init"]["steps"] == 3
+    with pytest.raises(SystemExit) as exit_info:
+        main(common + ["--out", str(tmp_path / "wrong"), "--channels", "8", "32"])
+    assert exit_info.value.code == 2 and "same --channels" in capsys.readouterr().err
