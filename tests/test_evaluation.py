@@ -296,3 +296,85 @@ def test_eval_command_errors_say_what_to_do(shapes_corpus, tiny_model_dir, tiny_
         run_eval_command(parser.parse_args(["--model", str(tiny_model_dir)]))
     with pytest.raises(ValueError, match="does not exist"):
         run_eval_command(parser.parse_args(["--data", str(tmp_path / "nowhere"), "--scorer", str(tiny_scorer_dir)]))
+
+
+# The stronger scorer's parts: caption forms, degraded copies, the MLP text head, the training command.
+
+
+def test_caption_variants_name_every_form_once():
+    from t2i_core.evaluation.captions import plain_variants, strip_articles, styled_variants
+
+    plain = plain_variants("man in a tuxedo")
+    assert plain[0] == "man in a tuxedo" and len(plain) == len(set(plain))
+    assert {"man in a tuxedo emoji", "an emoji of a man in a tuxedo", "man in tuxedo", "a picture of a man in tuxedo",
+            "man in tuxedo icon"} <= set(plain)
+    assert "an emoji of an apple" in plain_variants("apple") and strip_articles("the end of a day") == "end of day"
+    assert styled_variants("apple", "fluent_modern", "apple, fluent modern style") == [
+        "apple, fluent modern style", "apple in fluent modern style"]
+
+
+def test_scorer_data_samples_styled_and_plain_forms(shapes_corpus, text_encoder):
+    from t2i_core.evaluation.scorer_data import load_scorer_data
+
+    data = load_scorer_data([shapes_corpus / "train", shapes_corpus / "test"], text_encoder, 16, log=lambda _: None)
+    assert len(data.images) == 24 and int(data.groups.max()) + 1 == 12  # both splits; styles share the emoji's group
+    assert (data.styled == 2).all() and (data.plain > 5).all()
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.zeros(400, dtype=torch.long)
+    forms = data.sample_text(idx, gen, styled_share=0.5)
+    styled = torch.isin(forms, data.variants[0, :2])
+    assert 0.35 < styled.float().mean() < 0.65 and len(forms.unique()) == 2 + int(data.plain[0])
+    assert (data.sample_text(idx, gen, styled_share=1.0) == data.variants[0, 0]).sum() > 150
+
+
+def test_blobs_keep_colour_and_lose_detail():
+    from t2i_core.evaluation.blobs import gaussian_blur, pixelate, random_blobs, silhouette
+
+    image = torch.ones(1, 3, 32, 32)
+    image[:, :, 8:24, 8:24] = -1.0
+    image[:, 0, 8:16, 8:24] = 1.0  # top half of the square red-ish, bottom black
+    sil = silhouette(image)
+    assert torch.allclose(sil[0, :, 0, 0], torch.ones(3))
+    inside = sil[0, :, 8:24, 8:24].reshape(3, -1)
+    assert torch.allclose(inside, inside[:, :1].expand_as(inside)) and torch.allclose(inside[:, 0], torch.tensor([0.0, -1, -1]))
+    blurred = gaussian_blur(image, 2.0)
+    assert abs(blurred.mean() - image.mean()) < 1e-3 and -0.8 < blurred[0, 0, 16, 16] < 0.8  # an edge
+    assert pixelate(image, 4).shape == image.shape
+    out = random_blobs(image.expand(6, -1, -1, -1), torch.Generator().manual_seed(0))
+    assert out.shape == (6, 3, 32, 32) and not torch.equal(out[0], image[0])
+    with pytest.raises(ValueError, match="choose from"):
+        random_blobs(image, torch.Generator(), ("noise",))
+
+
+def test_scorer_command_trains_the_strong_recipe_and_saves_a_loadable_scorer(shapes_corpus, text_encoder, tmp_path,
+                                                                            capsys):
+    from t2i_core.evaluation.scorer_training import main
+
+    out = tmp_path / "scorer"
+    assert main(["--data", str(shapes_corpus / "train"), str(shapes_corpus / "test"), "--out", str(out),
+                 "--max-steps", "3", "--minutes", "0", "--batch-size", "8", "--channels", "8", "16",
+                 "--embed-dim", "16", "--threads", "1", "--seed", "5", "--variants", "--text-hidden", "32",
+                 "--hard-negatives", "0.5", "--blob-weight", "1", "--blob-kinds", "blur,pixelate"]) == 0
+    printed = capsys.readouterr().out
+    assert "NOT held-out" in printed  # the test split was trained on, and the report says so
+    scorer = ContrastiveScorer.from_pretrained(out, text_encoder=text_encoder)
+    info = scorer.info
+    assert info["steps"] == 3 and info["seed"] == 5 and info["variants"] and info["blob_kinds"] == ["blur", "pixelate"]
+    assert info["data"].endswith("train + " + "/".join(shapes_corpus.parts[-1:]) + "/test")
+    assert info["test"]["held_out"] is False
+    with torch.no_grad():
+        a = scorer.encode_texts(["red circle", "blue square"])
+        scorer.text_mlp[2].weight.zero_()
+        scorer.text_mlp[2].bias.zero_()
+        b = scorer.encode_texts(["red circle", "blue square"])
+    assert a.shape == (2, 16) and not torch.allclose(a, b)  # the saved MLP head is loaded and used
+
+    # A warm restart from the saved scorer; another architecture is refused with what to pass.
+    again = tmp_path / "again"
+    common = ["--data", str(shapes_corpus / "train"), "--max-steps", "2", "--minutes", "0", "--batch-size", "8",
+              "--embed-dim", "16", "--threads", "1", "--text-hidden", "32", "--init", str(out)]
+    assert main(common + ["--out", str(again), "--channels", "8", "16"]) == 0
+    assert ContrastiveScorer.from_pretrained(again, text_encoder=text_encoder).info["init"]["steps"] == 3
+    with pytest.raises(SystemExit) as exit_info:
+        main(common + ["--out", str(tmp_path / "wrong"), "--channels", "8", "32"])
+    assert exit_info.value.code == 2 and "same --channels" in capsys.readouterr().err
