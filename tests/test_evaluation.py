@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from t2i_core.cli.evaluate import add_eval_arguments, run_eval_command
@@ -233,7 +234,16 @@ def run_eval(argv, capsys):
 
 
 def table_rows(out: str) -> dict[str, list[str]]:
-    return {line.split()[0]: line.split()[1:] for line in out.splitlines()
+    """The main table's rows (it ends at the "chance R@1" line; the copy and compositional blocks follow it)."""
+    table = out.split("chance R@1", 1)[0]
+    return {line.split()[0]: line.split()[1:] for line in table.splitlines()
+            if line.split() and line.split()[0] in ("generated", "real", "retrieval", "random")}
+
+
+def block_rows(out: str, title: str) -> dict[str, list[str]]:
+    """The rows of the block under the main table that starts with `title` (e.g. "copy check:")."""
+    block = out.split("\n" + title, 1)[1].split("\nnote:", 1)[0].split("\ncompositional:", 1)[0]
+    return {line.split()[0]: line.split()[1:] for line in block.splitlines()[1:]
             if line.split() and line.split()[0] in ("generated", "real", "retrieval", "random")}
 
 
@@ -258,6 +268,18 @@ def test_eval_command_on_a_corpus(shapes_corpus, tiny_model_dir, tiny_scorer_dir
     assert 0 <= real["r_precision"] <= 1 and math.isfinite(real["alignment"])
     assert rows["real"][-2:] == ["n/a", "n/a"]
     assert Image.open(tmp_path / "g.png").size == (8 * 16, 16)  # 8 captions, first sample each, 16 px, 8 a row
+    # The copy check: retrieval shows training images themselves (distance 0, all copies); real test images are
+    # other emoji, so none is a copy; the random row (training images too) is not computed.
+    copies = report["copies"]
+    assert set(copies) == {"generated", "real", "retrieval"}
+    assert copies["retrieval"]["pixel"]["p95"] < 1e-3 and copies["retrieval"]["pixel"]["share_below"] == 1.0
+    assert copies["retrieval"]["scorer"]["p95"] < 1e-4
+    assert copies["real"]["pixel"]["p5"] > 0.05 and copies["real"]["pixel"]["share_below"] == 0.0
+    for figures in copies.values():
+        assert figures["pixel"]["p5"] <= figures["pixel"]["p50"] <= figures["pixel"]["p95"]
+    printed = block_rows(out, "copy check:")
+    assert set(printed) == {"generated", "real", "retrieval"} and printed["retrieval"][3] == "1.000"
+    assert "compositional" not in report
 
 
 def test_eval_command_with_free_form_prompts(shapes_corpus, tiny_model_dir, tiny_scorer_dir, tmp_path, capsys):
@@ -378,3 +400,69 @@ def test_scorer_command_trains_the_strong_recipe_and_saves_a_loadable_scorer(sha
     with pytest.raises(SystemExit) as exit_info:
         main(common + ["--out", str(tmp_path / "wrong"), "--channels", "8", "32"])
     assert exit_info.value.code == 2 and "same --channels" in capsys.readouterr().err
+
+
+# The copy check and the compositional checks.
+
+
+def test_copy_distances_find_the_nearest_training_image():
+    from t2i_core.evaluation.copies import COPY_THRESHOLD, copy_check, nearest_pixel_distance, summarise
+
+    train = torch.full((5, 3, 32, 32), 255, dtype=torch.uint8)
+    for i in range(5):
+        train[i, i % 3, 8:24, 8:24] = 0  # squares missing one channel each, so they differ
+    same = train[2:3].clone()
+    noisy = (train[1:2].int() - 3).clamp(0, 255).to(torch.uint8)  # a copy 3 / 255 darker: RMS ~ 0.011
+    white = torch.full((1, 3, 32, 32), 255, dtype=torch.uint8)  # nearest: any square, 1/4 of one channel off
+    # At their own 32 px (no resizing), in chunks smaller than the sets.
+    d = nearest_pixel_distance(torch.cat([same, noisy, white]), train, resolution=32, chunk=2)
+    assert d.shape == (3,) and d[0] < 1e-3 and 0.005 < d[1] < COPY_THRESHOLD
+    assert abs(d[2] - math.sqrt(16 * 16 / (3 * 32 * 32))) < 1e-3  # one channel of a quarter of the pixels, 0 vs 1
+    d64 = nearest_pixel_distance(torch.cat([same, white]), train)  # the default: both resized to 64 px
+    assert d64[0] < 1e-3 and 0.25 < d64[1] < 0.32
+
+    figures = summarise(torch.tensor([0.0, 0.01, 0.1, 0.2, 0.3]), COPY_THRESHOLD)
+    assert figures["p50"] == pytest.approx(0.1) and figures["share_below"] == pytest.approx(0.4)
+    assert figures["p5"] == pytest.approx(0.002) and figures["p95"] == pytest.approx(0.28)
+    feats = F.normalize(torch.randn(5, 8), dim=-1)
+    out = copy_check({"retrieval": train[:3], "other": white}, {"retrieval": feats[:3], "other": -feats[:1]}, train,
+                     feats)
+    assert out["retrieval"]["pixel"]["share_below"] == 1.0 and out["retrieval"]["scorer"]["p95"] < 1e-6
+    assert out["other"]["pixel"]["share_below"] == 0.0 and out["other"]["scorer"]["p50"] > 0
+
+
+def test_dominant_colour_names_the_hue_of_saturated_pixels():
+    from t2i_core.evaluation.compositional import dominant_colour, read_compositional
+
+    red, blue, white = (np.full((16, 16, 3), 255, dtype=np.uint8) for _ in range(3))
+    red[4:12, 4:12] = (220, 30, 30)
+    blue[4:12, 4:12] = (40, 60, 220)
+    assert dominant_colour(red) == "red" and dominant_colour(blue) == "blue"
+    assert dominant_colour(white) is None
+    grey = white.copy()
+    grey[4:12, 4:12] = (100, 100, 100)  # unsaturated: no colour
+    assert dominant_colour(grey) is None
+    shipped = read_compositional("bench/prompts_compositional.jsonl")
+    assert len(shipped) == 48 and all({"prompt", "object", "colour"} <= set(r) for r in shipped)
+
+
+def test_eval_command_prints_the_compositional_checks(shapes_corpus, tiny_model_dir, tiny_scorer_dir, tmp_path,
+                                                      capsys):
+    rows = [{"id": "c0", "prompt": "a green circle", "object": "circle", "colour": "green"},
+            {"id": "c1", "prompt": "a red triangle", "object": "triangle", "colour": "red"},
+            {"id": "c2", "prompt": "a blue square", "object": "square", "colour": "blue"}]
+    prompts = tmp_path / "c.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = run_eval(["--model", str(tiny_model_dir), "--data", str(shapes_corpus), "--prompts", str(prompts),
+                    "--scorer", str(tiny_scorer_dir), "--samples", "2", "--json", str(tmp_path / "r.json")], capsys)
+    report = json.loads((tmp_path / "r.json").read_text())
+    figures = report["compositional"]
+    assert set(figures) == {"generated", "retrieval"} and set(block_rows(out, "compositional:")) == set(figures)
+    for row in figures.values():
+        assert row["images"] == 6 and len(row["per_prompt"]) == 3
+        assert 0 <= row["both"] <= min(row["colour"], row["object"]) <= 1
+    # The corpus has green circles, red triangles and blue squares (flat and outline): retrieval finds them.
+    assert figures["retrieval"]["colour"] >= 0.5
+    # Objects ranked among the corpus's names that do not contain them (12 names, 4 of each shape: 8 others + 1).
+    assert report["compositional_candidates"] == "12"
+    assert set(report["copies"]) == {"generated", "retrieval"}  # no real row with prompts
