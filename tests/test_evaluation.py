@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from t2i_core.cli.evaluate import add_eval_arguments, run_eval_command
@@ -233,7 +234,16 @@ def run_eval(argv, capsys):
 
 
 def table_rows(out: str) -> dict[str, list[str]]:
-    return {line.split()[0]: line.split()[1:] for line in out.splitlines()
+    """The main table's rows (it ends at the "chance R@1" line; the copy and compositional blocks follow it)."""
+    table = out.split("chance R@1", 1)[0]
+    return {line.split()[0]: line.split()[1:] for line in table.splitlines()
+            if line.split() and line.split()[0] in ("generated", "real", "retrieval", "random")}
+
+
+def block_rows(out: str, title: str) -> dict[str, list[str]]:
+    """The rows of the block under the main table that starts with `title` (e.g. "copy check:")."""
+    block = out.split("\n" + title, 1)[1].split("\nnote:", 1)[0].split("\ncompositional:", 1)[0]
+    return {line.split()[0]: line.split()[1:] for line in block.splitlines()[1:]
             if line.split() and line.split()[0] in ("generated", "real", "retrieval", "random")}
 
 
@@ -258,6 +268,18 @@ def test_eval_command_on_a_corpus(shapes_corpus, tiny_model_dir, tiny_scorer_dir
     assert 0 <= real["r_precision"] <= 1 and math.isfinite(real["alignment"])
     assert rows["real"][-2:] == ["n/a", "n/a"]
     assert Image.open(tmp_path / "g.png").size == (8 * 16, 16)  # 8 captions, first sample each, 16 px, 8 a row
+    # The copy check: retrieval shows training images themselves (distance 0, all copies); real test images are
+    # other emoji, so none is a copy; the random row (training images too) is not computed.
+    copies = report["copies"]
+    assert set(copies) == {"generated", "real", "retrieval"}
+    assert copies["retrieval"]["pixel"]["p95"] < 1e-3 and copies["retrieval"]["pixel"]["share_below"] == 1.0
+    assert copies["retrieval"]["scorer"]["p95"] < 1e-4
+    assert copies["real"]["pixel"]["p5"] > 0.05 and copies["real"]["pixel"]["share_below"] == 0.0
+    for figures in copies.values():
+        assert figures["pixel"]["p5"] <= figures["pixel"]["p50"] <= figures["pixel"]["p95"]
+    printed = block_rows(out, "copy check:")
+    assert set(printed) == {"generated", "real", "retrieval"} and printed["retrieval"][3] == "1.000"
+    assert "compositional" not in report
 
 
 def test_eval_command_with_free_form_prompts(shapes_corpus, tiny_model_dir, tiny_scorer_dir, tmp_path, capsys):
@@ -296,3 +318,151 @@ def test_eval_command_errors_say_what_to_do(shapes_corpus, tiny_model_dir, tiny_
         run_eval_command(parser.parse_args(["--model", str(tiny_model_dir)]))
     with pytest.raises(ValueError, match="does not exist"):
         run_eval_command(parser.parse_args(["--data", str(tmp_path / "nowhere"), "--scorer", str(tiny_scorer_dir)]))
+
+
+# The stronger scorer's parts: caption forms, degraded copies, the MLP text head, the training command.
+
+
+def test_caption_variants_name_every_form_once():
+    from t2i_core.evaluation.captions import plain_variants, strip_articles, styled_variants
+
+    plain = plain_variants("man in a tuxedo")
+    assert plain[0] == "man in a tuxedo" and len(plain) == len(set(plain))
+    assert {"man in a tuxedo emoji", "an emoji of a man in a tuxedo", "man in tuxedo", "a picture of a man in tuxedo",
+            "man in tuxedo icon"} <= set(plain)
+    assert "an emoji of an apple" in plain_variants("apple") and strip_articles("the end of a day") == "end of day"
+    assert styled_variants("apple", "fluent_modern", "apple, fluent modern style") == [
+        "apple, fluent modern style", "apple in fluent modern style"]
+
+
+def test_scorer_data_samples_styled_and_plain_forms(shapes_corpus, text_encoder):
+    from t2i_core.evaluation.scorer_data import load_scorer_data
+
+    data = load_scorer_data([shapes_corpus / "train", shapes_corpus / "test"], text_encoder, 16, log=lambda _: None)
+    assert len(data.images) == 24 and int(data.groups.max()) + 1 == 12  # both splits; styles share the emoji's group
+    assert (data.styled == 2).all() and (data.plain > 5).all()
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.zeros(400, dtype=torch.long)
+    forms = data.sample_text(idx, gen, styled_share=0.5)
+    styled = torch.isin(forms, data.variants[0, :2])
+    assert 0.35 < styled.float().mean() < 0.65 and len(forms.unique()) == 2 + int(data.plain[0])
+    assert (data.sample_text(idx, gen, styled_share=1.0) == data.variants[0, 0]).sum() > 150
+
+
+def test_blobs_keep_colour_and_lose_detail():
+    from t2i_core.evaluation.blobs import gaussian_blur, pixelate, random_blobs, silhouette
+
+    image = torch.ones(1, 3, 32, 32)
+    image[:, :, 8:24, 8:24] = -1.0
+    image[:, 0, 8:16, 8:24] = 1.0  # top half of the square red-ish, bottom black
+    sil = silhouette(image)
+    assert torch.allclose(sil[0, :, 0, 0], torch.ones(3))
+    inside = sil[0, :, 8:24, 8:24].reshape(3, -1)
+    assert torch.allclose(inside, inside[:, :1].expand_as(inside)) and torch.allclose(inside[:, 0], torch.tensor([0.0, -1, -1]))
+    blurred = gaussian_blur(image, 2.0)
+    assert abs(blurred.mean() - image.mean()) < 1e-3 and -0.8 < blurred[0, 0, 16, 16] < 0.8  # an edge
+    assert pixelate(image, 4).shape == image.shape
+    out = random_blobs(image.expand(6, -1, -1, -1), torch.Generator().manual_seed(0))
+    assert out.shape == (6, 3, 32, 32) and not torch.equal(out[0], image[0])
+    with pytest.raises(ValueError, match="choose from"):
+        random_blobs(image, torch.Generator(), ("noise",))
+
+
+def test_scorer_command_trains_the_strong_recipe_and_saves_a_loadable_scorer(shapes_corpus, text_encoder, tmp_path,
+                                                                            capsys):
+    from t2i_core.evaluation.scorer_training import main
+
+    out = tmp_path / "scorer"
+    assert main(["--data", str(shapes_corpus / "train"), str(shapes_corpus / "test"), "--out", str(out),
+                 "--max-steps", "3", "--minutes", "0", "--batch-size", "8", "--channels", "8", "16",
+                 "--embed-dim", "16", "--threads", "1", "--seed", "5", "--variants", "--text-hidden", "32",
+                 "--hard-negatives", "0.5", "--blob-weight", "1", "--blob-kinds", "blur,pixelate"]) == 0
+    printed = capsys.readouterr().out
+    assert "NOT held-out" in printed  # the test split was trained on, and the report says so
+    scorer = ContrastiveScorer.from_pretrained(out, text_encoder=text_encoder)
+    info = scorer.info
+    assert info["steps"] == 3 and info["seed"] == 5 and info["variants"] and info["blob_kinds"] == ["blur", "pixelate"]
+    assert info["data"].endswith("train + " + "/".join(shapes_corpus.parts[-1:]) + "/test")
+    assert info["test"]["held_out"] is False
+    with torch.no_grad():
+        a = scorer.encode_texts(["red circle", "blue square"])
+        scorer.text_mlp[2].weight.zero_()
+        scorer.text_mlp[2].bias.zero_()
+        b = scorer.encode_texts(["red circle", "blue square"])
+    assert a.shape == (2, 16) and not torch.allclose(a, b)  # the saved MLP head is loaded and used
+
+    # A warm restart from the saved scorer; another architecture is refused with what to pass.
+    again = tmp_path / "again"
+    common = ["--data", str(shapes_corpus / "train"), "--max-steps", "2", "--minutes", "0", "--batch-size", "8",
+              "--embed-dim", "16", "--threads", "1", "--text-hidden", "32", "--init", str(out)]
+    assert main(common + ["--out", str(again), "--channels", "8", "16"]) == 0
+    assert ContrastiveScorer.from_pretrained(again, text_encoder=text_encoder).info["init"]["steps"] == 3
+    with pytest.raises(SystemExit) as exit_info:
+        main(common + ["--out", str(tmp_path / "wrong"), "--channels", "8", "32"])
+    assert exit_info.value.code == 2 and "same --channels" in capsys.readouterr().err
+
+
+# The copy check and the compositional checks.
+
+
+def test_copy_distances_find_the_nearest_training_image():
+    from t2i_core.evaluation.copies import COPY_THRESHOLD, copy_check, nearest_pixel_distance, summarise
+
+    train = torch.full((5, 3, 32, 32), 255, dtype=torch.uint8)
+    for i in range(5):
+        train[i, i % 3, 8:24, 8:24] = 0  # squares missing one channel each, so they differ
+    same = train[2:3].clone()
+    noisy = (train[1:2].int() - 3).clamp(0, 255).to(torch.uint8)  # a copy 3 / 255 darker: RMS ~ 0.011
+    white = torch.full((1, 3, 32, 32), 255, dtype=torch.uint8)  # nearest: any square, 1/4 of one channel off
+    # At their own 32 px (no resizing), in chunks smaller than the sets.
+    d = nearest_pixel_distance(torch.cat([same, noisy, white]), train, resolution=32, chunk=2)
+    assert d.shape == (3,) and d[0] < 1e-3 and 0.005 < d[1] < COPY_THRESHOLD
+    assert abs(d[2] - math.sqrt(16 * 16 / (3 * 32 * 32))) < 1e-3  # one channel of a quarter of the pixels, 0 vs 1
+    d64 = nearest_pixel_distance(torch.cat([same, white]), train)  # the default: both resized to 64 px
+    assert d64[0] < 1e-3 and 0.25 < d64[1] < 0.32
+
+    figures = summarise(torch.tensor([0.0, 0.01, 0.1, 0.2, 0.3]), COPY_THRESHOLD)
+    assert figures["p50"] == pytest.approx(0.1) and figures["share_below"] == pytest.approx(0.4)
+    assert figures["p5"] == pytest.approx(0.002) and figures["p95"] == pytest.approx(0.28)
+    feats = F.normalize(torch.randn(5, 8), dim=-1)
+    out = copy_check({"retrieval": train[:3], "other": white}, {"retrieval": feats[:3], "other": -feats[:1]}, train,
+                     feats)
+    assert out["retrieval"]["pixel"]["share_below"] == 1.0 and out["retrieval"]["scorer"]["p95"] < 1e-6
+    assert out["other"]["pixel"]["share_below"] == 0.0 and out["other"]["scorer"]["p50"] > 0
+
+
+def test_dominant_colour_names_the_hue_of_saturated_pixels():
+    from t2i_core.evaluation.compositional import dominant_colour, read_compositional
+
+    red, blue, white = (np.full((16, 16, 3), 255, dtype=np.uint8) for _ in range(3))
+    red[4:12, 4:12] = (220, 30, 30)
+    blue[4:12, 4:12] = (40, 60, 220)
+    assert dominant_colour(red) == "red" and dominant_colour(blue) == "blue"
+    assert dominant_colour(white) is None
+    grey = white.copy()
+    grey[4:12, 4:12] = (100, 100, 100)  # unsaturated: no colour
+    assert dominant_colour(grey) is None
+    shipped = read_compositional("bench/prompts_compositional.jsonl")
+    assert len(shipped) == 48 and all({"prompt", "object", "colour"} <= set(r) for r in shipped)
+
+
+def test_eval_command_prints_the_compositional_checks(shapes_corpus, tiny_model_dir, tiny_scorer_dir, tmp_path,
+                                                      capsys):
+    rows = [{"id": "c0", "prompt": "a green circle", "object": "circle", "colour": "green"},
+            {"id": "c1", "prompt": "a red triangle", "object": "triangle", "colour": "red"},
+            {"id": "c2", "prompt": "a blue square", "object": "square", "colour": "blue"}]
+    prompts = tmp_path / "c.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = run_eval(["--model", str(tiny_model_dir), "--data", str(shapes_corpus), "--prompts", str(prompts),
+                    "--scorer", str(tiny_scorer_dir), "--samples", "2", "--json", str(tmp_path / "r.json")], capsys)
+    report = json.loads((tmp_path / "r.json").read_text())
+    figures = report["compositional"]
+    assert set(figures) == {"generated", "retrieval"} and set(block_rows(out, "compositional:")) == set(figures)
+    for row in figures.values():
+        assert row["images"] == 6 and len(row["per_prompt"]) == 3
+        assert 0 <= row["both"] <= min(row["colour"], row["object"]) <= 1
+    # The corpus has green circles, red triangles and blue squares (flat and outline): retrieval finds them.
+    assert figures["retrieval"]["colour"] >= 0.5
+    # Objects ranked among the corpus's names that do not contain them (12 names, 4 of each shape: 8 others + 1).
+    assert report["compositional_candidates"] == "12"
+    assert set(report["copies"]) == {"generated", "retrieval"}  # no real row with prompts

@@ -99,8 +99,9 @@ def _run_eval(args, scorer_dir: Path, test_dir: Path | None, train_dir: Path | N
         print(f"encoding the training split {train_dir} for the retrieval row", flush=True)
         train = load_training_images(train_dir, scorer.resolution, pipe.text_encoder)
 
+    compositional, names = _compositional_set(args.prompts, train_dir)
     report = evaluate(pipe, scorer, eval_set, train, args.samples, args.num_distractors, args.seed,
-                      truncation=args.truncation, guidance=args.guidance)
+                      truncation=args.truncation, guidance=args.guidance, compositional=compositional, names=names)
     report.update({"model": str(args.model or "default"), "scorer": str(scorer_dir),
                    "truncation": args.truncation, "guidance": args.guidance,
                    "data": None if args.data is None else str(args.data),
@@ -119,3 +120,16 @@ def _run_eval(args, scorer_dir: Path, test_dir: Path | None, train_dir: Path | N
         grid.save(args.grid)
         print(f"sample grid ({len(first)} captions, row-major, in the order of caption_list in --json) written to {args.grid}")
     return 0
+
+
+def _compositional_set(prompts: str | None, train_dir: Path | None) -> tuple[list[dict] | None, list[str]]:
+    """A prompts file whose lines all have "colour" and "object" (bench/prompts_compositional.jsonl) is a
+    compositional set: its rows, and the corpus's emoji names (train/ and test/ beside it) to rank objects among."""
+    from ..evaluation.compositional import corpus_names, read_compositional
+
+    rows = read_compositional(prompts) if prompts is not None else None
+    if rows is None:
+        return None, []
+    folders = [] if train_dir is None else [train_dir, train_dir.parent / "test"]
+    return rows, corpus_names(folders)
+

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from ..data.loading import images_to_tensor, load_pairs
+from . import compositional as comp
+from .copies import copy_check, format_copies
 from .metrics import (ROWS, alignment, choose_distractors, diversity, frechet_distance, max_distractors,
                       per_caption_rate, pixel_diversity, r_precision_hits)
 from .scorer import pooled_text_vectors, read_group_keys
@@ -208,9 +210,12 @@ def score_row(row: RowImages, feats: torch.Tensor, text_feats: torch.Tensor, dis
 
 
 def evaluate(pipe, scorer, eval_set: EvalSet, train: TrainingImages | None, samples: int = 4,
-             num_distractors: int = 99, seed: int = 0, log=print, truncation: float = 1.0, guidance: float = 1.0) -> dict:
+             num_distractors: int = 99, seed: int = 0, log=print, truncation: float = 1.0, guidance: float = 1.0,
+             compositional: list[dict] | None = None, names: list[str] | None = None) -> dict:
     """Score the generated, real, retrieval and random rows on `eval_set`; returns the report dict (see `format_report`).
-    truncation and guidance are the sampling settings of the generated row."""
+    truncation and guidance are the sampling settings of the generated row. With a training split, also the copy
+    check (`copies`); with `compositional` rows ({"prompt", "object", "colour"}, see `compositional`), their colour
+    and object checks, the objects ranked among `names` (the corpus's emoji names)."""
     notes = list(eval_set.notes)
     captions = eval_set.captions
     available = max_distractors(eval_set.groups)
@@ -234,10 +239,11 @@ def evaluate(pipe, scorer, eval_set: EvalSet, train: TrainingImages | None, samp
     random_kind = _reference_rows(rows, pipe, train, captions, samples, seed, scorer.resolution, fd_idx, notes)
 
     real_feats = image_features(scorer, eval_set.images) if real else None
-    figures, per_caption = {}, {}
+    figures, per_caption, feats = {}, {}, {}
     for name, row in rows.items():
-        feats = real_feats if name == "real" else image_features(scorer, row.images)
-        figures[name] = score_row(row, feats, text_feats, distractors, real_feats if name != "real" else None, samples)
+        feats[name] = real_feats if name == "real" else image_features(scorer, row.images)
+        figures[name] = score_row(row, feats[name], text_feats, distractors, real_feats if name != "real" else None,
+                                  samples)
         per_caption[name] = figures[name].pop("per_caption_r_precision")
     if real:
         figures["real"]["frechet_distance"] = 0.0  # the reference set itself
@@ -245,7 +251,7 @@ def evaluate(pipe, scorer, eval_set: EvalSet, train: TrainingImages | None, samp
     if real:
         notes.append(f"FD: each row's {len(eval_set.images)} images (one per real test image, same captions) against "
                      "the real test images, in the scorer's unit-norm feature space")
-    return {
+    report = {
         "mode": "test" if real else "prompts",
         "captions": k,
         "samples": samples,
@@ -260,6 +266,31 @@ def evaluate(pipe, scorer, eval_set: EvalSet, train: TrainingImages | None, samp
         "per_caption_r_precision": per_caption,
         "generated_images": rows["generated"].images,
     }
+    _extra_checks(report, scorer, rows, feats, train, compositional, names, num_distractors, seed, log)
+    return report
+
+
+def _extra_checks(report: dict, scorer, rows: dict, feats: dict, train: TrainingImages | None,
+                  compositional: list[dict] | None, names: list[str] | None, num: int, seed: int, log) -> None:
+    """Add the copy check ("copies", with a training split) and the compositional figures ("compositional", when
+    its rows are given) to the report."""
+    if train is not None:
+        log(f"finding each image's nearest of {len(train.images)} training images (the copy check)")
+        train_feats = image_features(scorer, _resize_uint8(train.images, scorer.resolution))
+        # The random row is training images too: 0 by construction like retrieval, so it is not computed.
+        report["copies"] = copy_check({n: r.images for n, r in rows.items() if n != "random"}, feats, train.images,
+                                      train_feats)
+    else:
+        report["notes"].append("no training split: no copy check")
+    if compositional:
+        by_prompt = {r["prompt"].strip(): r for r in compositional}
+        wanted = [by_prompt.get(c) for c in report["caption_list"]]
+        if any(w is None for w in wanted):
+            raise ValueError("compositional rows must name every prompt evaluated")
+        samples, names = report["samples"], names or []
+        report["compositional"] = {n: comp.score(scorer, rows[n].images, feats[n], wanted, samples, names, num, seed)
+                                   for n in ("generated", "retrieval") if n in rows}
+        report["compositional_candidates"] = comp.candidates(names, num)
 
 
 def _reference_rows(rows: dict, pipe, train: TrainingImages | None, captions: list[str], samples: int, seed: int,
@@ -322,6 +353,10 @@ def format_report(report: dict) -> str:
     text.insert(1, "-" * len(text[0]))
     text.append(f"chance R@1 = {report['chance_r_precision']:.3f}; alignment = 100 x mean cosine; "
                 f"random row: {report['random_row']}")
+    if "copies" in report:
+        text.extend(format_copies(report["copies"]))
+    if "compositional" in report:
+        text.extend(comp.format_compositional(report["compositional"], report["compositional_candidates"]))
     text.extend(f"note: {n}" for n in report["notes"])
     return "\n".join(text)
 

@@ -6,6 +6,8 @@ seed, ideally another width), never one that a training loss used, or the figure
 
 Training it: `scorer_training.train_scorer`, or
     python -m t2i_core.evaluation.scorer_training --data CORPUS/train --out assets/scorer [--minutes 10] [--seed 0]
+    python -m t2i_core.evaluation.scorer_training --data CORPUS/train CORPUS/test --out assets/scorer ...  # both splits
+(the shipped scorer's full command is in its config.json and docs/BENCHMARKS.md; see also assets/MODEL_CARD.md)
 """
 
 from __future__ import annotations
@@ -92,17 +94,24 @@ class ImageEncoder(ModelMixin, ConfigMixin):
 
 
 class ContrastiveScorer(nn.Module):
-    """CLIP-style image-text scorer: ImageEncoder + a linear head on the frozen TextEncoder's pooled vector.
+    """CLIP-style image-text scorer: ImageEncoder + a head on the frozen TextEncoder's pooled vector.
 
     Both sides map to L2-normalised (B, D) embeddings; `logit_scale` (learned, log space) sharpens their cosine
-    similarities into the logits of the contrastive loss.
+    similarities into the logits of the contrastive loss. The text head is linear, plus a residual MLP of width
+    `text_hidden` when that is > 0 (a linear map cannot undo what the frozen sentence vector mixes up, e.g. a style
+    word against the object's name).
     """
 
-    def __init__(self, image_encoder: ImageEncoder, text_encoder: TextEncoder, info: dict | None = None):
+    def __init__(self, image_encoder: ImageEncoder, text_encoder: TextEncoder, info: dict | None = None,
+                 text_hidden: int = 0):
         super().__init__()
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder  # frozen, shared; never saved with the scorer
         self.text_head = nn.Linear(text_encoder.pooled_dim, image_encoder.config.embed_dim)
+        self.text_hidden = text_hidden
+        self.text_mlp = (nn.Sequential(nn.Linear(text_encoder.pooled_dim, text_hidden), nn.GELU(),
+                                       nn.Linear(text_hidden, image_encoder.config.embed_dim))
+                         if text_hidden else None)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         self.info = dict(info or {})  # training facts saved in config.json (seed, steps, data, measured R@1, ...)
 
@@ -123,7 +132,10 @@ class ContrastiveScorer(nn.Module):
 
     def encode_pooled(self, pooled: torch.Tensor) -> torch.Tensor:
         """The TextEncoder's pooled vectors (B, pooled_dim) -> (B, D), unit norm (for precomputed text)."""
-        return F.normalize(self.text_head(pooled), dim=-1)
+        out = self.text_head(pooled)
+        if self.text_mlp is not None:
+            out = out + self.text_mlp(pooled)
+        return F.normalize(out, dim=-1)
 
     def encode_texts(self, prompts: list[str], batch_size: int = 256) -> torch.Tensor:
         """Prompts -> (B, D), unit norm. The TextEncoder's cache makes repeated prompts cheap."""
@@ -146,11 +158,14 @@ class ContrastiveScorer(nn.Module):
         path.mkdir(parents=True, exist_ok=True)
         self.image_encoder.save_pretrained(path / "image_encoder", safe_serialization=True)
         head = {"weight": self.text_head.weight, "bias": self.text_head.bias, "logit_scale": self.logit_scale}
+        if self.text_mlp is not None:
+            head.update({f"mlp.{k}": v for k, v in self.text_mlp.state_dict().items()})
         save_file({k: v.detach().cpu().contiguous() for k, v in head.items()}, str(path / "text_head.safetensors"))
         config = {
             "_class_name": "ContrastiveScorer",
             "text_encoder": self.text_encoder.name,
             "embed_dim": self.embed_dim,
+            "text_hidden": self.text_hidden,
             "image_encoder": dict(self.image_encoder.config),
             "training": self.info,
         }
@@ -177,12 +192,14 @@ class ContrastiveScorer(nn.Module):
             raise ValueError(f"The scorer in {str(path)!r} was trained with text encoder {config.get('text_encoder')!r}, "
                              f"not {text_encoder.name!r}; pass that one or none.")
         image_encoder = ImageEncoder.from_pretrained(path / "image_encoder", use_safetensors=True, low_cpu_mem_usage=False)
-        scorer = cls(image_encoder, text_encoder, config.get("training"))
+        scorer = cls(image_encoder, text_encoder, config.get("training"), text_hidden=config.get("text_hidden", 0))
         head = load_file(str(path / "text_head.safetensors"))
         with torch.no_grad():
             scorer.text_head.weight.copy_(head["weight"])
             scorer.text_head.bias.copy_(head["bias"])
             scorer.logit_scale.copy_(head["logit_scale"])
+            if scorer.text_mlp is not None:
+                scorer.text_mlp.load_state_dict({k[len("mlp."):]: v for k, v in head.items() if k.startswith("mlp.")})
         return scorer.eval().requires_grad_(False)
 
 
