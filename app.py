@@ -15,7 +15,6 @@ from __future__ import annotations
 import atexit
 import html
 import os
-import random
 import signal
 import sys
 import threading
@@ -32,8 +31,9 @@ from t2i_app import (  # noqa: E402
     DEFAULT_MODEL_KEY, RUNNING, SCRATCH_KEY, BusyError, PipelineCache, RunManager, check_owner,
 )
 from t2i_app.views import (  # noqa: E402
-    CREDITS, FINETUNE_INTRO, GUIDANCE_HINT, READ_LOSSES, about_sections, loss_frame, model_label, new_sample,
-    owner_of, progress_html, run_summary,
+    CREDITS, CSS, EMPTY_PROMPT, EXAMPLES, FINETUNE_INTRO, GUIDANCE_HINT, NO_DEFAULT_MODEL, READ_LOSSES, SIZES,
+    about_sections, chosen_seed, exemplar_items, first_value, loss_frame, model_label, new_sample, owner_of,
+    progress_html, run_summary,
 )
 from t2i_core import MAX_SEED  # noqa: E402
 from t2i_core.video import save_animation  # noqa: E402
@@ -45,22 +45,7 @@ MAX_UPLOAD_MB = int(os.environ.get("T2I_MAX_UPLOAD_MB") or 200)
 manager = RunManager.from_env()
 pipelines = PipelineCache(maxsize=3)
 
-EXAMPLES = [
-    "grinning face, google style",
-    "red apple, twitter style",
-    "cat face, google style",
-    "rocket, twitter style",
-    "smiling face with heart-eyes",
-    "green heart",
-]
-SIZES = [("Model size (no enlarging)", 0), ("128 px", 128), ("256 px", 256), ("512 px", 512)]
 GUIDANCE_MAX = 1.3  # pictures of the shipped model break from ~1.5 (bench/guidance_grid.py, docs/BENCHMARKS.md)
-EMPTY_PROMPT = "Type a prompt first: what the picture should show, e.g. “grinning face, google style”."
-NO_DEFAULT_MODEL = (
-    "ℹ **No trained default model is shipped yet** (it is being trained). Until it lands you can fine-tune a "
-    "model **from scratch** in the *Fine-tune* tab, and generate here with your own fine-tunes or ones other "
-    "visitors shared."
-)
 
 
 
@@ -77,10 +62,6 @@ def base_choices(owner: str) -> list[tuple[str, str]]:
     shipped = [("Shipped emoji model", DEFAULT_MODEL_KEY)] if manager.default_model_path() else []
     scratch = [("From scratch (random start: needs a long run)", SCRATCH_KEY)]
     return shipped + scratch + [(model_label(r, owner), r.id) for r in manager.models(owner)]
-
-
-def first_value(choices: list[tuple[str, str]]) -> str | None:
-    return choices[0][1] if choices else None
 
 
 def list_models(owner: str | None, request: gr.Request) -> list[list[str]]:
@@ -124,12 +105,6 @@ def _pipeline(model_key: str | None, owner: str):
     return pipelines.get(manager.resolve_model(model_key, owner))
 
 
-def _seed(seed, randomize: bool) -> int:
-    if randomize or seed is None or seed == "":
-        return random.randint(0, MAX_SEED)
-    return int(seed)
-
-
 def generate(prompt, model_key, seed, randomize, num_images, truncation, guidance, size, retrieval, owner,
              request: gr.Request):
     """Prompt -> gallery of (image, caption), the seed used, a status line, and the exemplars the images drew on."""
@@ -138,7 +113,7 @@ def generate(prompt, model_key, seed, randomize, num_images, truncation, guidanc
         return [], gr.skip(), f"⚠ {EMPTY_PROMPT}", []
     try:
         pipe = _pipeline(model_key, owner_of(owner, request))
-        used = _seed(seed, randomize)
+        used = chosen_seed(seed, randomize)
         with manager.visitors_first():  # a fine-tune pauses while this runs
             out = pipe(prompt, num_images=int(num_images), seed=used, truncation=float(truncation),
                        guidance=float(guidance), size=int(size) or None, exemplars=None if retrieval else 0)
@@ -152,17 +127,6 @@ def generate(prompt, model_key, seed, randomize, num_images, truncation, guidanc
     return items, used, status, exemplar_items(pipe, out)
 
 
-def exemplar_items(pipe, out) -> list[tuple]:
-    """(thumbnail, "image k: caption") for each bank entry the images drew on, in image order, each entry once."""
-    items, seen = [], set()
-    for k, drawn_on in enumerate(out.exemplars):
-        for caption, index in drawn_on:
-            if index not in seen:
-                seen.add(index)
-                items.append((pipe.exemplar_images([index])[0], f"image {k + 1}: {caption}"))
-    return items
-
-
 def animate(p1, p2, p3, p4, frames, fps, seed, randomize, truncation, model_key, size, owner, request: gr.Request):
     """Prompts -> (MP4 for the page, [MP4, WebP, GIF] to download, the seed used, a status line)."""
     prompts = [p.strip() for p in (p1, p2, p3, p4) if p and p.strip()]
@@ -171,7 +135,7 @@ def animate(p1, p2, p3, p4, frames, fps, seed, randomize, truncation, model_key,
         return None, None, gr.skip(), f"⚠ {EMPTY_PROMPT}"
     try:
         pipe = _pipeline(model_key, owner_of(owner, request))
-        used = _seed(seed, randomize)
+        used = chosen_seed(seed, randomize)
         with manager.visitors_first():
             images = pipe.interpolate(prompts, frames=int(frames), seed=used, truncation=float(truncation),
                                       size=int(size) or None)
@@ -260,12 +224,6 @@ THEME = gr.themes.Soft(
     font=["ui-sans-serif", "system-ui", "sans-serif"],  # system fonts: the page fetches nothing from elsewhere
     font_mono=["ui-monospace", "monospace"],
 )
-CSS = """
-#gallery {min-height: 420px}
-#no-model-note {border: 1px solid var(--color-accent); border-radius: 8px; padding: 0.6em 1em;
-                background: var(--color-accent-soft)}
-#sample img {width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated}
-"""
 
 with gr.Blocks(title="T2I Emoji GAN", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
     owner = gr.BrowserState(None, storage_key="t2i-owner", secret=manager.browser_secret())

@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import html
+import random
 import re
 from pathlib import Path
+
+from t2i_core import MAX_SEED
 
 from .store import FAILED, FINISHED, INTERRUPTED, PLOTTED_LOSSES, RUNNING, STOPPED, Progress, RunInfo, check_owner
 
@@ -187,3 +190,51 @@ Runs and uploads live on this server's disk. Your fine-tuned models are tied to 
 its local storage) and only you see them, unless you tick *Share* when you start training. Old runs are deleted
 when the server needs the space.
 """
+
+
+# The Generate tab's texts and page style.
+
+EXAMPLES = [
+    "grinning face, google style",
+    "red apple, twitter style",
+    "cat face, google style",
+    "rocket, twitter style",
+    "smiling face with heart-eyes",
+    "green heart",
+]
+SIZES = [("Model size (no enlarging)", 0), ("128 px", 128), ("256 px", 256), ("512 px", 512)]
+EMPTY_PROMPT = "Type a prompt first: what the picture should show, e.g. “grinning face, google style”."
+NO_DEFAULT_MODEL = (
+    "ℹ **No trained default model is shipped yet** (it is being trained). Until it lands you can fine-tune a "
+    "model **from scratch** in the *Fine-tune* tab, and generate here with your own fine-tunes or ones other "
+    "visitors shared."
+)
+CSS = """
+#gallery {min-height: 420px}
+#no-model-note {border: 1px solid var(--color-accent); border-radius: 8px; padding: 0.6em 1em;
+                background: var(--color-accent-soft)}
+#sample img {width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated}
+"""
+
+
+def exemplar_items(pipe, out) -> list[tuple]:
+    """(thumbnail, "image k: caption") for each bank entry the images drew on, in image order, each entry once."""
+    items, seen = [], set()
+    for k, drawn_on in enumerate(out.exemplars):
+        for caption, index in drawn_on:
+            if index not in seen:
+                seen.add(index)
+                items.append((pipe.exemplar_images([index])[0], f"image {k + 1}: {caption}"))
+    return items
+
+
+def first_value(choices: list[tuple[str, str]]) -> str | None:
+    """The key of a dropdown's first (label, key) choice, or None."""
+    return choices[0][1] if choices else None
+
+
+def chosen_seed(seed, randomize: bool) -> int:
+    """The seed a request uses: a fresh random one when asked (or none given), else the one typed."""
+    if randomize or seed is None or seed == "":
+        return random.randint(0, MAX_SEED)
+    return int(seed)
