@@ -90,12 +90,14 @@ def object_hits(scorer, feats: torch.Tensor, objects: list[str], names: list[str
     them, the set's other objects). feats: the images' unit-norm scorer features (M, D). Names that contain the
     object's name or that it contains ("banana" / "banana split") are never its distractors."""
     gen = torch.Generator().manual_seed(seed)
+    vocab = list(dict.fromkeys([*objects, *names]))
+    index = {n: i for i, n in enumerate(vocab)}
+    text = scorer.encode_texts(vocab).cpu()  # every name once: (V, D)
     hits = []
     for i, obj in enumerate(objects):
         pool = [n for n in names if obj not in n and n not in obj] or [o for o in dict.fromkeys(objects) if o != obj]
         pick = torch.randperm(len(pool), generator=gen)[: min(num, len(pool))].tolist()
-        text = scorer.encode_texts([obj] + [pool[j] for j in pick]).cpu()
-        sims = feats[i] @ text.T
+        sims = feats[i] @ text[[index[obj]] + [index[pool[j]] for j in pick]].T
         hits.append(bool(sims[0] > sims[1:].max()))
     return torch.tensor(hits)
 
