@@ -78,6 +78,8 @@ class TrainConfig:
     caption_column: str = option("text", "caption column of a datasets folder or metadata file")
     # Bookkeeping.
     checkpoint_every: int = option(200, "write a checkpoint every N steps")
+    checkpoint_minutes: float = option(5.0, "also write a checkpoint when this many minutes passed since the last "
+                                            "one, so a kill loses little work on a slow machine (0 = by steps only)")
     keep_checkpoints: int = option(3, "keep the last K checkpoints")
     sample_every: int = option(200, "save a sample grid every N steps")
     log_every: int = option(10, "write metrics every N steps")
