@@ -7,7 +7,8 @@ at launch.
 
     python app.py        # serves on 0.0.0.0:7860; GRADIO_SERVER_NAME / GRADIO_SERVER_PORT override
     env: T2I_MODEL (model folder used as the shipped one), T2I_RUNS_DIR (./runs), T2I_MAX_RUNS (30),
-         T2I_MAX_DISK_GB (5), T2I_MAX_UPLOAD_MB (200), T2I_BROWSER_SECRET (kept in the runs folder if unset)
+         T2I_MAX_DISK_GB (5), T2I_MAX_UPLOAD_MB (200), T2I_BROWSER_SECRET (kept in the runs folder if unset);
+         per-client limits (prompt length, request rates, training minutes): docs/SECURITY.md
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import random
 import signal
 import sys
 import threading
-import uuid
 from pathlib import Path
 
 # No network at start: no analytics or version check, no Hub lookups.
@@ -30,9 +30,10 @@ import gradio as gr  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from t2i_app import (  # noqa: E402
-    DEFAULT_MODEL_KEY, RUNNING, SCRATCH_KEY, BusyError, PipelineCache, RunManager, check_owner,
+    DEFAULT_MODEL_KEY, RUNNING, SCRATCH_KEY, BusyError, PipelineCache, RunManager,
 )
-from t2i_app.views import about_markdown, loss_frame, model_label, owner_of, progress_html  # noqa: E402
+from t2i_app.limits import RateLimiter, prompt_problem  # noqa: E402
+from t2i_app.views import about_markdown, identify, loss_frame, model_label, progress_html  # noqa: E402
 from t2i_core import MAX_SEED  # noqa: E402
 from t2i_core.video import save_animation  # noqa: E402
 
@@ -42,6 +43,7 @@ MAX_UPLOAD_MB = int(os.environ.get("T2I_MAX_UPLOAD_MB") or 200)
 
 manager = RunManager.from_env()
 pipelines = PipelineCache(maxsize=3)
+limiter = RateLimiter(manager.server_limits.requests_per_minute, manager.server_limits.burst)
 
 EXAMPLES = [
     "grinning face, google style",
@@ -78,7 +80,18 @@ when the server needs the space.
 """
 
 
-# Pure functions: owners and model lists.
+# Pure functions: owners, limits and model lists.
+
+
+def owner_of(owner: str | None, request: gr.Request | None) -> str:
+    """The visitor's server-issued id; a forged or missing one gets a fresh identity (see t2i_app.limits)."""
+    return identify(owner, request, manager.owner_ids)
+
+
+def refusal(prompts: list, owner: str | None, request: gr.Request | None, cost: float = 1.0) -> str | None:
+    """Server-side limits, checked before any work: prompt length, then this visitor's request rate."""
+    return (prompt_problem(prompts, manager.server_limits.max_prompt_chars)
+            or limiter.refusal(owner_of(owner, request), cost))
 
 
 def model_choices(owner: str) -> list[tuple[str, str]]:
@@ -114,10 +127,8 @@ def run_status(owner: str | None, request: gr.Request) -> dict:
 
 def on_load(owner: str | None, request: gr.Request):
     """Page opened: give the browser an id if it has none, fill the model lists, resume polling a live run."""
-    try:
-        owner = check_owner(owner)
-    except ValueError:
-        owner = uuid.uuid4().hex
+    if not manager.owner_ids.verify(owner):
+        owner = manager.owner_ids.issue()  # a new visitor, or an id this server did not sign
     models, bases = model_choices(owner), base_choices(owner)
     latest = manager.latest_run(owner)
     return (
@@ -147,6 +158,10 @@ def _seed(seed, randomize: bool) -> int:
 
 def generate(prompt, model_key, seed, randomize, num_images, truncation, guidance, size, owner, request: gr.Request):
     """Prompt -> gallery of (image, caption), the seed used, and a status line."""
+    problem = refusal([prompt], owner, request)
+    if problem:
+        gr.Warning(problem)
+        return [], gr.skip(), f"⚠ {problem}"
     if not (prompt or "").strip():
         gr.Warning(EMPTY_PROMPT)
         return [], gr.skip(), f"⚠ {EMPTY_PROMPT}"
@@ -164,6 +179,10 @@ def generate(prompt, model_key, seed, randomize, num_images, truncation, guidanc
 
 def animate(p1, p2, p3, p4, frames, fps, seed, randomize, truncation, model_key, size, owner, request: gr.Request):
     """Prompts -> (MP4 for the page, [MP4, WebP, GIF] to download, the seed used, a status line)."""
+    problem = refusal([p1, p2, p3, p4], owner, request, cost=2.0)
+    if problem:
+        gr.Warning(problem)
+        return None, None, gr.skip(), f"⚠ {problem}"
     prompts = [p.strip() for p in (p1, p2, p3, p4) if p and p.strip()]
     if not prompts:
         gr.Warning(EMPTY_PROMPT)
@@ -189,6 +208,10 @@ def check_data(files, owner, request: gr.Request):
     """Uploaded files -> (the loader's report, the upload id or None)."""
     if not files:
         return "Upload a .zip, or images with captions, to see what will be used.", None
+    problem = refusal([], owner, request, cost=2.0)
+    if problem:
+        gr.Warning(problem)
+        return f"⚠ {problem}", None
     upload = manager.prepare_upload(files, owner_of(owner, request))
     if not upload.ok:
         gr.Warning(upload.report)
@@ -200,7 +223,8 @@ def start_training(upload_id, base, name, share, minutes, steps, lr, batch_size,
     owner = owner_of(owner, request)
     try:
         info = manager.start(owner, upload_id, base or SCRATCH_KEY, max_steps=int(steps), minutes=float(minutes),
-                             lr=float(lr), batch_size=int(batch_size), name=name or "", shared=bool(share))
+                             lr=float(lr), batch_size=int(batch_size), name=name or "", shared=bool(share),
+                             client=getattr(getattr(request, "client", None), "host", None))
     except (BusyError, ValueError) as error:
         gr.Warning(str(error))
         return f"⚠ {error}", gr.skip()
@@ -270,7 +294,8 @@ CSS = """
 """
 
 with gr.Blocks(title="T2I Emoji GAN", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
-    owner = gr.BrowserState(None, storage_key="t2i-owner", secret=manager.browser_secret())
+    # The secret of BrowserState is published in the page; the ids it stores are signed with one that is not.
+    owner = gr.BrowserState(None, storage_key="t2i-owner", secret=manager.owner_ids.browser_state_secret())
     gr.Markdown("# T2I Emoji GAN\nA small text-to-image GAN that draws emoji-style pictures from your words, "
                 "on a CPU, in one step.")
     with gr.Tabs():
@@ -394,7 +419,7 @@ with gr.Blocks(title="T2I Emoji GAN", analytics_enabled=False, delete_cache=(180
     gr.api(list_models, api_name="list_models", concurrency_limit=None)
     gr.api(run_status, api_name="run_status", concurrency_limit=None)
 
-demo.queue(max_size=64)
+demo.queue(max_size=int(os.environ.get("T2I_QUEUE_SIZE") or 256))
 
 
 def main() -> None:

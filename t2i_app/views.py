@@ -7,19 +7,18 @@ import html
 import re
 from pathlib import Path
 
+from .limits import OwnerIds
 from .store import FAILED, FINISHED, INTERRUPTED, PLOTTED_LOSSES, RUNNING, STOPPED, Progress, RunInfo, check_owner
 
 
-def owner_of(owner: str | None, request) -> str:
-    """The browser's id (from BrowserState); an API client without one gets its session id (`request` is the
-    gradio.Request of the event, or None)."""
-    if isinstance(owner, str):
-        try:
-            return check_owner(owner)
-        except ValueError:
-            pass
+def identify(owner: str | None, request, ids: OwnerIds) -> str:
+    """The browser's id (from BrowserState) if the server issued it (`ids` checks its signature); otherwise (an API
+    client, or a forged or foreign id) one derived from the session, or a fresh one: never somebody else's.
+    `request` is the gradio.Request of the event, or None."""
+    if ids.verify(owner):
+        return check_owner(owner)
     session = re.sub(r"[^A-Za-z0-9_-]", "", getattr(request, "session_hash", None) or "")[:64]
-    return session or "anonymous"
+    return ids.for_session(session) if session else ids.issue()
 
 
 def model_label(info: RunInfo, owner: str) -> str:
