@@ -7,13 +7,13 @@ at launch.
 
     python app.py        # serves on 0.0.0.0:7860; GRADIO_SERVER_NAME / GRADIO_SERVER_PORT override
     env: T2I_MODEL (model folder used as the shipped one), T2I_RUNS_DIR (./runs), T2I_MAX_RUNS (30),
-         T2I_MAX_DISK_GB (5), T2I_MAX_UPLOAD_MB (200), T2I_BROWSER_SECRET (kept in the runs folder if unset);
-         per-client limits (prompt length, request rates, training minutes): docs/SECURITY.md
+         T2I_MAX_DISK_GB (5), T2I_MAX_UPLOAD_MB (200), T2I_BROWSER_SECRET (kept in the runs folder if unset)
 """
 
 from __future__ import annotations
 
 import atexit
+import functools
 import html
 import os
 import random
@@ -32,7 +32,7 @@ from PIL import Image  # noqa: E402
 from t2i_app import (  # noqa: E402
     DEFAULT_MODEL_KEY, RUNNING, SCRATCH_KEY, BusyError, PipelineCache, RunManager,
 )
-from t2i_app.limits import RateLimiter, prompt_problem  # noqa: E402
+from t2i_app.limits import Gate  # noqa: E402
 from t2i_app.views import about_markdown, identify, loss_frame, model_label, progress_html  # noqa: E402
 from t2i_core import MAX_SEED  # noqa: E402
 from t2i_core.video import save_animation  # noqa: E402
@@ -43,7 +43,7 @@ MAX_UPLOAD_MB = int(os.environ.get("T2I_MAX_UPLOAD_MB") or 200)
 
 manager = RunManager.from_env()
 pipelines = PipelineCache(maxsize=3)
-limiter = RateLimiter(manager.server_limits.requests_per_minute, manager.server_limits.burst)
+gate = Gate(manager.server_limits)  # prompt length and per-visitor rates (docs/SECURITY.md)
 
 EXAMPLES = [
     "grinning face, google style",
@@ -80,18 +80,9 @@ when the server needs the space.
 """
 
 
-# Pure functions: owners, limits and model lists.
+# Pure functions: owners and model lists.
 
-
-def owner_of(owner: str | None, request: gr.Request | None) -> str:
-    """The visitor's server-issued id; a forged or missing one gets a fresh identity (see t2i_app.limits)."""
-    return identify(owner, request, manager.owner_ids)
-
-
-def refusal(prompts: list, owner: str | None, request: gr.Request | None, cost: float = 1.0) -> str | None:
-    """Server-side limits, checked before any work: prompt length, then this visitor's request rate."""
-    return (prompt_problem(prompts, manager.server_limits.max_prompt_chars)
-            or limiter.refusal(owner_of(owner, request), cost))
+owner_of = functools.partial(identify, ids=manager.owner_ids)  # server-signed ids; a forged one gets a fresh one
 
 
 def model_choices(owner: str) -> list[tuple[str, str]]:
@@ -144,7 +135,8 @@ def on_load(owner: str | None, request: gr.Request):
 # Pure functions: Generate and Animate.
 
 
-def _pipeline(model_key: str | None, owner: str):
+def _pipeline(model_key: str | None, owner: str, prompts: list, cost: float = 1.0):
+    gate.check(prompts, owner, cost)  # before any work: a refused prompt never reaches the text encoder
     if not model_key:
         raise ValueError("No model is available yet: fine-tune one in the Fine-tune tab (start from scratch).")
     return pipelines.get(manager.resolve_model(model_key, owner))
@@ -158,15 +150,11 @@ def _seed(seed, randomize: bool) -> int:
 
 def generate(prompt, model_key, seed, randomize, num_images, truncation, guidance, size, owner, request: gr.Request):
     """Prompt -> gallery of (image, caption), the seed used, and a status line."""
-    problem = refusal([prompt], owner, request)
-    if problem:
-        gr.Warning(problem)
-        return [], gr.skip(), f"⚠ {problem}"
     if not (prompt or "").strip():
         gr.Warning(EMPTY_PROMPT)
         return [], gr.skip(), f"⚠ {EMPTY_PROMPT}"
     try:
-        pipe = _pipeline(model_key, owner_of(owner, request))
+        pipe = _pipeline(model_key, owner_of(owner, request), [prompt])
         used = _seed(seed, randomize)
         out = pipe(prompt, num_images=int(num_images), seed=used, truncation=float(truncation),
                    guidance=float(guidance), size=int(size) or None)
@@ -179,16 +167,12 @@ def generate(prompt, model_key, seed, randomize, num_images, truncation, guidanc
 
 def animate(p1, p2, p3, p4, frames, fps, seed, randomize, truncation, model_key, size, owner, request: gr.Request):
     """Prompts -> (MP4 for the page, [MP4, WebP, GIF] to download, the seed used, a status line)."""
-    problem = refusal([p1, p2, p3, p4], owner, request, cost=2.0)
-    if problem:
-        gr.Warning(problem)
-        return None, None, gr.skip(), f"⚠ {problem}"
     prompts = [p.strip() for p in (p1, p2, p3, p4) if p and p.strip()]
     if not prompts:
         gr.Warning(EMPTY_PROMPT)
         return None, None, gr.skip(), f"⚠ {EMPTY_PROMPT}"
     try:
-        pipe = _pipeline(model_key, owner_of(owner, request))
+        pipe = _pipeline(model_key, owner_of(owner, request), prompts, cost=2.0)
         used = _seed(seed, randomize)
         images = pipe.interpolate(prompts, frames=int(frames), seed=used, truncation=float(truncation),
                                   size=int(size) or None)
@@ -208,8 +192,7 @@ def check_data(files, owner, request: gr.Request):
     """Uploaded files -> (the loader's report, the upload id or None)."""
     if not files:
         return "Upload a .zip, or images with captions, to see what will be used.", None
-    problem = refusal([], owner, request, cost=2.0)
-    if problem:
+    if problem := gate.refusal([], owner_of(owner, request), cost=2.0):
         gr.Warning(problem)
         return f"⚠ {problem}", None
     upload = manager.prepare_upload(files, owner_of(owner, request))
@@ -294,7 +277,6 @@ CSS = """
 """
 
 with gr.Blocks(title="T2I Emoji GAN", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
-    # The secret of BrowserState is published in the page; the ids it stores are signed with one that is not.
     owner = gr.BrowserState(None, storage_key="t2i-owner", secret=manager.owner_ids.browser_state_secret())
     gr.Markdown("# T2I Emoji GAN\nA small text-to-image GAN that draws emoji-style pictures from your words, "
                 "on a CPU, in one step.")

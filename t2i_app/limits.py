@@ -80,6 +80,22 @@ class RateLimiter:
             del self._buckets[key]
 
 
+class Gate:
+    """The server-side checks of a request, before any work: prompt length, then the visitor's request rate."""
+
+    def __init__(self, limits: ServerLimits):
+        self.limits, self.limiter = limits, RateLimiter(limits.requests_per_minute, limits.burst)
+
+    def refusal(self, prompts: list, key: str, cost: float = 1.0) -> str | None:
+        return prompt_problem(prompts, self.limits.max_prompt_chars) or self.limiter.refusal(key, cost)
+
+    def check(self, prompts: list, key: str, cost: float = 1.0) -> None:
+        """ValueError with the refusal, if any."""
+        problem = self.refusal(prompts, key, cost)
+        if problem:
+            raise ValueError(problem)
+
+
 class TrainingQuota:
     """Training minutes one client (an IP address: new owner ids are free) may start in a rolling window, so that
     the one training slot cannot be held forever by resubmitting under new ids."""
