@@ -27,7 +27,7 @@ pytestmark = pytest.mark.timeout(240)
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
 TINY = dict(init="none", resolution=16, g_channels=(32, 32, 16), d_channels=(16, 32, 32), batch_size=8,
-            precision="fp32", r1_every=2, sample_every=1000, log_every=1, seed=3, threads=1)
+            precision="fp32", r1_every=2, sample_every=1000, log_every=1, seed=3)  # no `threads`: it is process-wide
 
 
 @pytest.fixture(scope="module")
