@@ -13,12 +13,12 @@ at launch.
 from __future__ import annotations
 
 import atexit
+import functools
 import html
 import os
 import signal
 import sys
 import threading
-import uuid
 from pathlib import Path
 
 # No network at start: no analytics or version check, no Hub lookups.
@@ -28,12 +28,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import gradio as gr  # noqa: E402
 
 from t2i_app import (  # noqa: E402
-    DEFAULT_MODEL_KEY, RUNNING, SCRATCH_KEY, BusyError, PipelineCache, RunManager, check_owner,
+    DEFAULT_MODEL_KEY, RUNNING, SCRATCH_KEY, BusyError, PipelineCache, RunManager,
 )
+from t2i_app.limits import Gate  # noqa: E402
 from t2i_app.views import (  # noqa: E402
-    CREDITS, CSS, EMPTY_PROMPT, EXAMPLES, FINETUNE_INTRO, GUIDANCE_HINT, NO_DEFAULT_MODEL, READ_LOSSES, SIZES,
-    about_sections, chosen_seed, exemplar_items, first_value, loss_frame, model_label, new_sample, owner_of,
-    progress_html, run_summary,
+    CREDITS, CSS, EMPTY_PROMPT, EXAMPLES, FINETUNE_INTRO, GUIDANCE_HINT, NO_DEFAULT_MODEL, NO_RUN_YET, READ_LOSSES,
+    SIZES, about_sections, chosen_seed, exemplar_items, first_value, identify, loss_frame, model_label, new_sample,
+    progress_html, run_summary, seed_status,
 )
 from t2i_core import MAX_SEED  # noqa: E402
 from t2i_core.video import save_animation  # noqa: E402
@@ -44,12 +45,14 @@ MAX_UPLOAD_MB = int(os.environ.get("T2I_MAX_UPLOAD_MB") or 200)
 
 manager = RunManager.from_env()
 pipelines = PipelineCache(maxsize=3)
+gate = Gate(manager.server_limits)  # prompt length and per-visitor rates (docs/SECURITY.md)
 
 GUIDANCE_MAX = 1.3  # pictures of the shipped model break from ~1.5 (bench/guidance_grid.py, docs/BENCHMARKS.md)
 
 
-
 # Pure functions: owners and model lists.
+
+owner_of = functools.partial(identify, ids=manager.owner_ids)  # server-signed ids; a forged one gets a fresh one
 
 
 def model_choices(owner: str) -> list[tuple[str, str]]:
@@ -80,10 +83,8 @@ def run_status(owner: str | None, request: gr.Request) -> dict:
 
 def on_load(owner: str | None, request: gr.Request):
     """Page opened: give the browser an id if it has none, fill the model lists, resume polling a live run."""
-    try:
-        owner = check_owner(owner)
-    except ValueError:
-        owner = uuid.uuid4().hex
+    if not manager.owner_ids.verify(owner):
+        owner = manager.owner_ids.issue()  # a new visitor, or an id this server did not sign
     models, bases = model_choices(owner), base_choices(owner)
     latest = manager.latest_run(owner)
     return (
@@ -99,7 +100,8 @@ def on_load(owner: str | None, request: gr.Request):
 # Pure functions: Generate and Animate.
 
 
-def _pipeline(model_key: str | None, owner: str):
+def _pipeline(model_key: str | None, owner: str, prompts: list, cost: float = 1.0):
+    gate.check(prompts, owner, cost)  # before any work: a refused prompt never reaches the text encoder
     if not model_key:
         raise ValueError("No model is available yet: fine-tune one in the Fine-tune tab (start from scratch).")
     return pipelines.get(manager.resolve_model(model_key, owner))
@@ -112,7 +114,7 @@ def generate(prompt, model_key, seed, randomize, num_images, truncation, guidanc
         gr.Warning(EMPTY_PROMPT)
         return [], gr.skip(), f"⚠ {EMPTY_PROMPT}", []
     try:
-        pipe = _pipeline(model_key, owner_of(owner, request))
+        pipe = _pipeline(model_key, owner_of(owner, request), [prompt])
         used = chosen_seed(seed, randomize)
         with manager.visitors_first():  # a fine-tune pauses while this runs
             out = pipe(prompt, num_images=int(num_images), seed=used, truncation=float(truncation),
@@ -121,10 +123,7 @@ def generate(prompt, model_key, seed, randomize, num_images, truncation, guidanc
         gr.Warning(str(error))
         return [], gr.skip(), f"⚠ {error}", []
     items = [(image, f"seed {s}") for image, s in zip(out.images, out.seeds)]
-    status = f"Seed used: **{used}** (image *k* uses seed + *k*; untick *Randomize* to repeat it)."
-    if retrieval and pipe.max_exemplars == 0:
-        status += " This model has no exemplar bank: it draws from the text alone."
-    return items, used, status, exemplar_items(pipe, out)
+    return items, used, seed_status(used, retrieval and pipe.max_exemplars == 0), exemplar_items(pipe, out)
 
 
 def animate(p1, p2, p3, p4, frames, fps, seed, randomize, truncation, model_key, size, owner, request: gr.Request):
@@ -134,7 +133,7 @@ def animate(p1, p2, p3, p4, frames, fps, seed, randomize, truncation, model_key,
         gr.Warning(EMPTY_PROMPT)
         return None, None, gr.skip(), f"⚠ {EMPTY_PROMPT}"
     try:
-        pipe = _pipeline(model_key, owner_of(owner, request))
+        pipe = _pipeline(model_key, owner_of(owner, request), prompts, cost=2.0)
         used = chosen_seed(seed, randomize)
         with manager.visitors_first():
             images = pipe.interpolate(prompts, frames=int(frames), seed=used, truncation=float(truncation),
@@ -155,6 +154,9 @@ def check_data(files, owner, request: gr.Request):
     """Uploaded files -> (the loader's report, the upload id or None, the suggested fit for non-square pictures)."""
     if not files:
         return "Upload a .zip, or images with captions, to see what will be used.", None, None
+    if problem := gate.refusal([], owner_of(owner, request), cost=2.0):
+        gr.Warning(problem)
+        return f"⚠ {problem}", None, None
     upload = manager.prepare_upload(files, owner_of(owner, request))
     if not upload.ok:
         gr.Warning(upload.report)
@@ -168,7 +170,8 @@ def start_training(upload_id, base, name, share, minutes, steps, lr, batch_size,
     owner = owner_of(owner, request)
     try:
         info = manager.start(owner, upload_id, base or SCRATCH_KEY, max_steps=int(steps), minutes=float(minutes),
-                             lr=float(lr), batch_size=int(batch_size), name=name or "", shared=bool(share), fit=fit)
+                             lr=float(lr), batch_size=int(batch_size), name=name or "", shared=bool(share), fit=fit,
+                             client=getattr(getattr(request, "client", None), "host", None))
     except (BusyError, ValueError) as error:
         gr.Warning(str(error))
         return f"⚠ {error}", gr.skip()
@@ -194,8 +197,7 @@ def poll(owner, seen, request: gr.Request):
     info = manager.latest_run(owner)
     seen = seen or {}
     if info is None:
-        idle = "<p>No run yet. Upload data and press <b>Start training</b>.</p>"
-        return idle, gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip(), gr.skip(), gr.skip(), seen
+        return NO_RUN_YET, gr.skip(), gr.skip(), gr.skip(), gr.Timer(active=False), gr.skip(), gr.skip(), gr.skip(), seen
     progress = manager.progress(info.id)
     key = f"{info.id}:{info.status}"
     sample, image = new_sample(progress.sample, seen.get("sample"))
@@ -219,14 +221,12 @@ def poll(owner, seen, request: gr.Request):
 
 # Layout.
 
-THEME = gr.themes.Soft(
-    primary_hue="orange",
-    font=["ui-sans-serif", "system-ui", "sans-serif"],  # system fonts: the page fetches nothing from elsewhere
-    font_mono=["ui-monospace", "monospace"],
-)
+# System fonts: the page fetches nothing from elsewhere.
+THEME = gr.themes.Soft(primary_hue="orange", font=["ui-sans-serif", "system-ui", "sans-serif"],
+                       font_mono=["ui-monospace", "monospace"])
 
 with gr.Blocks(title="T2I Emoji GAN", analytics_enabled=False, delete_cache=(1800, 3600)) as demo:
-    owner = gr.BrowserState(None, storage_key="t2i-owner", secret=manager.browser_secret())
+    owner = gr.BrowserState(None, storage_key="t2i-owner", secret=manager.owner_ids.browser_state_secret())
     gr.Markdown("# T2I Emoji GAN\nA small text-to-image GAN that draws emoji-style pictures from your words, "
                 "on a CPU, in one step.")
     with gr.Tabs():
@@ -364,7 +364,7 @@ with gr.Blocks(title="T2I Emoji GAN", analytics_enabled=False, delete_cache=(180
     gr.api(list_models, api_name="list_models", concurrency_limit=None)
     gr.api(run_status, api_name="run_status", concurrency_limit=None)
 
-demo.queue(max_size=64)
+demo.queue(max_size=int(os.environ.get("T2I_QUEUE_SIZE") or 256))
 
 
 def main() -> None:

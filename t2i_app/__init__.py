@@ -6,6 +6,7 @@
     retention  what may be deleted, and when
     manager    RunManager: the four together, the only object app.py holds
     pipelines  PipelineCache: the last few loaded models
+    limits     prompt length, request rates and training minutes per client; owner ids the server signs
 
 Nothing here imports gradio, so every rule is unit-testable. `RunManager.from_env()` writes nothing until `open()`
 (app.py calls it at launch).

@@ -31,6 +31,7 @@ from t2i_core.training.config import TrainConfig
 
 from . import retention
 from .jobs import BusyError, JobSupervisor
+from .limits import OwnerIds, ServerLimits, TrainingQuota
 from .retention import RetentionRules
 from .store import DEFAULT_MODEL_KEY, RUNNING, SCRATCH_KEY, Progress, RunInfo, RunStore, check_owner, new_id
 from .uploads import Upload, Uploads
@@ -70,25 +71,33 @@ def check_run_options(max_steps: int, minutes: float, lr: float, batch_size: int
 class RunManager:
     """Uploads, the one training process of this server, and the runs and models under `root`.
 
-    Retention: finished runs beyond `max_runs`, or beyond `max_bytes` of disk for the whole folder, are deleted oldest
-    first; uploads older than `upload_ttl_s` go too; the running run and its upload are never deleted. `start`
-    refuses while the folder is over `max_bytes` even after that.
+    Retention (see retention.py): per-owner quotas (`max_runs_per_owner`; a visitor's own oldest runs make room for
+    their new one), runs expire after `run_ttl_s`, uploads after `upload_ttl_s`; another visitor's runs are never
+    deleted for room: `start` refuses while the server holds `max_runs` runs or is over `max_bytes`. Uploads together
+    stay within half of `max_bytes`. `server_limits`: run length and training minutes per client (see limits.py).
     """
 
     def __init__(self, root: str | os.PathLike, *, max_runs: int = 30, max_bytes: int = 5 * 1024**3,
                  upload_ttl_s: float = 24 * 3600.0, limits: UploadLimits | None = None, threads: int | None = None,
-                 python: str = sys.executable, open: bool = True):
+                 python: str = sys.executable, open: bool = True, max_runs_per_owner: int = 5,
+                 server_limits: ServerLimits | None = None):
         self.root = Path(os.path.abspath(root))
         self.max_runs, self.max_bytes, self.upload_ttl_s = max_runs, max_bytes, upload_ttl_s
+        self.max_runs_per_owner = max_runs_per_owner
+        self.server_limits = server_limits or ServerLimits()
+        self.train_quota = TrainingQuota(self.server_limits.client_train_minutes)
         self.threads = threads or all_cores()  # the trainer pauses while visitors' requests run
         self.runs_dir, self.uploads_dir = self.root / "runs", self.root / "uploads"
         self.outputs_dir = self.root / "outputs"
         self.store = RunStore(self.runs_dir)
-        self.uploads = Uploads(self.uploads_dir, limits or UploadLimits(max_entries=20000, max_total_bytes=1024**3))
+        self.uploads = Uploads(self.uploads_dir, limits or UploadLimits(max_entries=20000, max_total_bytes=1024**3,
+                                                                         max_total_pixels=300_000_000, max_rows=20000),
+                               max_bytes // 2)
         self._lock = threading.RLock()
         self.jobs = JobSupervisor(self.store, python, self.threads, self._lock, on_end=self.enforce_retention)
         self._opened = False
         self._secret: str | None = None
+        self._owner_ids: OwnerIds | None = None
         if open:
             self.open()
 
@@ -101,6 +110,8 @@ class RunManager:
             max_runs=int(os.environ.get("T2I_MAX_RUNS") or 30),
             max_bytes=int(float(os.environ.get("T2I_MAX_DISK_GB") or 5) * 1024**3),
             threads=int(os.environ.get("T2I_TRAIN_THREADS") or 0) or None,
+            max_runs_per_owner=int(os.environ.get("T2I_MAX_RUNS_PER_OWNER") or 5),
+            server_limits=ServerLimits.from_env(),
             open=False,
         )
 
@@ -132,6 +143,13 @@ class RunManager:
             return self._keep_secret(self._secret)
         return self._secret
 
+    @property
+    def owner_ids(self) -> OwnerIds:
+        """Issues and checks the owner ids (signed with the browser secret, which stays on the server)."""
+        if self._owner_ids is None:
+            self._owner_ids = OwnerIds(self.browser_secret())
+        return self._owner_ids
+
     def _keep_secret(self, secret: str) -> str:
         """Write the secret unless a file is there already (another server wrote it first: that one wins)."""
         path = self.root / ".browser_secret"
@@ -146,6 +164,7 @@ class RunManager:
     def new_output_dir(self) -> Path:
         """A fresh folder under outputs/ for files a visitor downloads (pruned by `enforce_retention`)."""
         self.open()
+        retention.prune_outputs(self.outputs_dir, time.time())  # within OUTPUT_TTL_S and the outputs cap
         path = self.outputs_dir / uuid.uuid4().hex
         path.mkdir(parents=True)
         return path
@@ -205,7 +224,8 @@ class RunManager:
         self.open()
         if files and any(files):
             self.enforce_retention()
-        return self.uploads.prepare(files, owner, resolution)
+        running = self.jobs.active()
+        return self.uploads.prepare(files, owner, resolution, keep=running.upload if running else None)
 
     # The training process.
 
@@ -219,11 +239,19 @@ class RunManager:
 
     def start(self, owner: str, upload_id: str, init: str = DEFAULT_MODEL_KEY, max_steps: int = 1000,
               minutes: float = 10.0, lr: float = 2e-4, batch_size: int = 32, name: str = "",
-              shared: bool = False, fit: str = "crop") -> RunInfo:
-        """Start a training process; BusyError if one is running, ValueError on bad input or a full disk.
+              shared: bool = False, client: str | None = None, fit: str = "crop") -> RunInfo:
+        """Start a training process; BusyError if one is running, ValueError on bad input, a full server, or when
+        `client` (the visitor's address) has used its training minutes.
         `fit`: how non-square pictures become square, "pad" (white borders) or "crop" (the centre square)."""
         check_owner(owner)
         check_run_options(max_steps, minutes, lr, batch_size, fit)
+        cap = self.server_limits.max_run_minutes
+        minutes = float(minutes) or cap
+        if minutes > cap:
+            raise ValueError(f"The time budget is at most {cap:g} minutes on this server, got {minutes:g}.")
+        refusal = self.train_quota.refusal(client, minutes) if client else None
+        if refusal:
+            raise ValueError(refusal)
         self.open()
         with self._lock:
             running = self.jobs.active()
@@ -231,7 +259,10 @@ class RunManager:
                 raise BusyError(self.busy_message(running, owner))
             data = self.uploads.data_dir(upload_id, owner)
             init_arg = SCRATCH_KEY if init == SCRATCH_KEY else str(self.resolve_model(init, owner))
-            self.enforce_retention()
+            self.enforce_retention(owner)
+            if len(self.store.runs()) >= self.max_runs:
+                raise ValueError(f"This server holds its limit of {self.max_runs} runs; try again later (old runs "
+                                 "expire).")
             used = self.disk_usage()
             if used > self.max_bytes:
                 raise ValueError(f"The runs folder is full ({used / 1024**3:.1f} of {self.max_bytes / 1024**3:.1f} "
@@ -244,10 +275,13 @@ class RunManager:
                            float(minutes), float(lr), batch_size, path=run_dir)
             cfg = fine_tune_config(data, run_dir, init_arg, max_steps, minutes, lr, batch_size, self.threads, fit)
             try:
-                return self.jobs.launch(info, cfg)
+                launched = self.jobs.launch(info, cfg)
             except OSError:
                 shutil.rmtree(run_dir, ignore_errors=True)
                 raise
+            if client:
+                self.train_quota.charge(client, minutes)
+            return launched
 
     def busy_message(self, running: RunInfo, owner: str) -> str:
         if running.owner == owner:
@@ -277,10 +311,10 @@ class RunManager:
     def disk_usage(self) -> int:
         return retention.tree_bytes(self.root)
 
-    def enforce_retention(self) -> list[str]:
-        """Delete what the rules say may go; returns the deleted run and upload ids. Never the running run."""
+    def enforce_retention(self, owner: str | None = None) -> list[str]:
+        """Delete what the rules say may go (`owner`: a visitor about to start a run, whose own quota makes room);
+        returns the deleted run and upload ids. Never the running run, never another visitor's run for room."""
         self.open()
         with self._lock:
-            rules = RetentionRules(self.max_runs, self.max_bytes, self.upload_ttl_s)
-            return retention.enforce(self.store, self.root, self.uploads_dir, self.outputs_dir, rules,
-                                     self.jobs.active())
+            rules = RetentionRules(self.max_runs, self.max_bytes, self.upload_ttl_s, self.max_runs_per_owner)
+            return retention.enforce(self.store, self.uploads_dir, self.outputs_dir, rules, self.jobs.active(), owner)

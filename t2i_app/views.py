@@ -10,19 +10,18 @@ from pathlib import Path
 
 from t2i_core import MAX_SEED
 
+from .limits import OwnerIds
 from .store import FAILED, FINISHED, INTERRUPTED, PLOTTED_LOSSES, RUNNING, STOPPED, Progress, RunInfo, check_owner
 
 
-def owner_of(owner: str | None, request) -> str:
-    """The browser's id (from BrowserState); an API client without one gets its session id (`request` is the
-    gradio.Request of the event, or None)."""
-    if isinstance(owner, str):
-        try:
-            return check_owner(owner)
-        except ValueError:
-            pass
+def identify(owner: str | None, request, ids: OwnerIds) -> str:
+    """The browser's id (from BrowserState) if the server issued it (`ids` checks its signature); otherwise (an API
+    client, or a forged or foreign id) one derived from the session, or a fresh one: never somebody else's.
+    `request` is the gradio.Request of the event, or None."""
+    if ids.verify(owner):
+        return check_owner(owner)
     session = re.sub(r"[^A-Za-z0-9_-]", "", getattr(request, "session_hash", None) or "")[:64]
-    return session or "anonymous"
+    return ids.for_session(session) if session else ids.issue()
 
 
 def model_label(info: RunInfo, owner: str) -> str:
@@ -238,3 +237,13 @@ def chosen_seed(seed, randomize: bool) -> int:
     if randomize or seed is None or seed == "":
         return random.randint(0, MAX_SEED)
     return int(seed)
+
+
+NO_RUN_YET = "<p>No run yet. Upload data and press <b>Start training</b>.</p>"
+
+
+def seed_status(used: int, no_bank: bool) -> str:
+    """The Generate tab's status line: the seed used (and, when retrieval was asked of a model without an exemplar
+    bank, that it drew from the text alone)."""
+    status = f"Seed used: **{used}** (image *k* uses seed + *k*; untick *Randomize* to repeat it)."
+    return status + (" This model has no exemplar bank: it draws from the text alone." if no_bank else "")

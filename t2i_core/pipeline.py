@@ -14,7 +14,7 @@ from PIL import Image
 from . import MAX_SEED
 from .images import to_pil
 from .models.folder import (DEFAULT_MODEL_DIR, PRECISIONS, check_model_folder, default_model_path,  # noqa: F401
-                            read_model_index, save_model_folder)
+                            model_text_encoder, read_model_index, save_model_folder)
 from .models.bank import ExemplarBank
 from .models.folder import load_bank
 from .models.generator import Generator
@@ -73,13 +73,13 @@ class T2IPipeline:
                     "`python -m t2i_core train`, RUN_DIR/model) or set T2I_MODEL."
                 )
         path = check_model_folder(path)
-        index = read_model_index(path)
+        index, encoder_name = read_model_index(path), model_text_encoder(path, DEFAULT_TEXT_ENCODER)
         try:
             generator = Generator.from_pretrained(path / "generator", use_safetensors=True, low_cpu_mem_usage=False,
                                                   torch_dtype=torch.float32)
         except Exception as err:  # diffusers raises several types for a broken folder
             raise ValueError(f"The generator in {str(path)!r} cannot be loaded ({type(err).__name__}: {err}).") from err
-        text_encoder = load_text_encoder(index.get("text_encoder", DEFAULT_TEXT_ENCODER))
+        text_encoder = load_text_encoder(encoder_name)
         pipe = cls(generator, text_encoder, index, load_bank(path) if generator.uses_exemplars else None)
         pipe.model_path = path
         return pipe.to(device, precision)

@@ -180,5 +180,10 @@ _TEXT_ENCODERS: dict[str, TextEncoder] = {}
 def load_text_encoder(name: str = DEFAULT_TEXT_ENCODER) -> TextEncoder:
     """One shared, frozen TextEncoder per name (several pipelines in one process use the same weights)."""
     if name not in _TEXT_ENCODERS:
-        _TEXT_ENCODERS[name] = TextEncoder(name)
+        try:
+            _TEXT_ENCODERS[name] = TextEncoder(name)
+        except OSError as err:  # offline, or no such model: transformers' message is many lines long
+            first = " ".join(str(err).split())[:200]
+            raise ValueError(f"cannot load the text encoder {name!r} ({first}); pass a local folder or the shipped "
+                             f"{DEFAULT_TEXT_ENCODER!r}, or go online for a hub name.") from None
     return _TEXT_ENCODERS[name]

@@ -220,6 +220,31 @@ def test_the_web_server_does_not_serve_runs_uploads_or_the_secret(client, app):
         assert status in (403, 404), (target, status)
 
 
+def test_a_1mb_prompt_is_refused_at_once_and_a_flood_does_not_starve_others(client, app, app_url):
+    from gradio_client import Client
+
+    started = time.perf_counter()
+    gallery, _, status = generate(client, "x" * 1_000_000)
+    assert time.perf_counter() - started < 1.0  # the round trip; the refusal itself is checked in test_app_limits
+    assert gallery == [] and "1,000,000 characters" in status
+    flooder = Client(app_url, verbose=False)
+    # Distinct seeds: identical images would share one cache file that gradio rewrites while serving it.
+    jobs = [flooder.submit("a cat", "default", 100 + i, False, 1, 1.0, 1.0, 0, None, api_name="/generate")
+            for i in range(25)]
+    statuses = [job.result(timeout=120)[2] for job in jobs]
+    assert sum("Too many requests" in s for s in statuses) >= 10
+    gallery, _, status = generate(Client(app_url, verbose=False), "a red apple", n=1)  # another visitor
+    assert len(gallery) == 1, status
+
+
+def test_the_page_config_does_not_publish_the_owner_signing_secret(app):
+    url, runs = app
+    with urllib.request.urlopen(f"{url}config", timeout=10) as response:
+        config = response.read().decode()
+    secret = (runs / ".browser_secret").read_text().strip()
+    assert secret and secret not in config
+
+
 # The run manager on its own.
 
 
@@ -325,22 +350,24 @@ def test_models_are_per_owner_unless_shared(tmp_path, tiny_model_dir):
     assert not any(n.startswith(("model/", "discriminator/")) for n in names)
 
 
-def test_retention_deletes_oldest_first_and_never_the_running_run(tmp_path):
+def test_retention_per_owner_quota_and_never_the_running_run(tmp_path):
     now = time.time()
-    manager = RunManager(tmp_path / "runs", max_runs=2, python=str(_fake_trainer(tmp_path)))
+    manager = RunManager(tmp_path / "runs", max_runs=4, max_runs_per_owner=2, python=str(_fake_trainer(tmp_path)))
     try:
+        theirs = _make_run(manager, "20250101-000009-abcdef", "bob", now - 200, None, shared=True)
         for i in range(3):
             _make_run(manager, f"20250101-00000{i}-abcdef", "alice", now - 100 + i, None)
-        assert sorted(manager.enforce_retention()) == ["20250101-000000-abcdef"]
-        assert len(manager.runs()) == 2
+        assert manager.enforce_retention() == []  # nobody is starting: nothing goes for room
         old_upload = _upload(manager, tmp_path, "old")
         meta = manager.uploads_dir / old_upload / "upload.json"
         meta.write_text(json.dumps(json.loads(meta.read_text()) | {"created": now - 2 * 86400}))
         running = manager.start("alice", _upload(manager, tmp_path, "alice"), "none", max_steps=5)
-        manager.max_bytes = 0  # over the disk cap: everything that may go, goes
-        manager.enforce_retention()
+        # Alice's quota made room for her new run from her own oldest runs; Bob's run stays.
+        assert sorted(r.id for r in manager.runs()) == sorted([theirs.id, "20250101-000002-abcdef", running.id])
         assert not (manager.uploads_dir / old_upload).exists()  # a day old: gone at the first check
-        assert [r.id for r in manager.runs()] == [running.id] and manager.get(running.id).status == RUNNING
+        manager.max_bytes = 0  # over the disk cap: nothing of anyone's goes, but new runs are refused
+        manager.enforce_retention()
+        assert len(manager.runs()) == 3 and manager.get(running.id).status == RUNNING
         assert (manager.uploads_dir / running.upload).is_dir()
     finally:
         manager.shutdown(5)

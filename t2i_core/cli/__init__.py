@@ -362,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {err}", file=sys.stderr)
             return 1
         except Exception as err:
+            if type(err).__name__ == "CheckpointError":
+                print(f"error: {err.strerror}", file=sys.stderr)  # e.g. a full disk: what to do, in one line
+                return 1
             if not _is_bad_input(err):
                 raise
             message = " ".join(str(err).split()) or type(err).__name__

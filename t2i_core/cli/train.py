@@ -15,8 +15,8 @@ from ..training.config import TrainConfig, read_options
 
 _ELEMENT_TYPES = {"int": int, "float": float, "str": str}
 # Options that may change on resume without a notice: where and how long it runs, how often it reports.
-_QUIET_ON_RESUME = {"out", "data", "resume", "max_steps", "minutes", "checkpoint_every", "sample_every", "log_every",
-                    "sample_minutes", "threads"}
+_QUIET_ON_RESUME = {"out", "data", "resume", "max_steps", "minutes", "checkpoint_every", "checkpoint_minutes",
+                    "sample_every", "sample_minutes", "log_every", "threads"}
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,19 +57,32 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return cfg
 
 
+class StoppedWhileLoading(BaseException):
+    """SIGTERM or Ctrl-C before the first step: raised from the signal handler, so even a long load ends at once.
+    A BaseException, so that no loader turns it into a skipped file."""
+
+
 def run_train_command(args: argparse.Namespace) -> int:
-    from ..training.loop import train
+    from ..training.loop import Trainer
 
     cfg = config_from_args(args)
-    stop = {"flag": False}
+    stop = {"flag": False, "training": False}
 
     def request_stop(signum, frame):
         stop["flag"] = True
+        if not stop["training"]:
+            # Still loading data or models (minutes for a big upload): nothing to checkpoint yet, so end now.
+            raise StoppedWhileLoading("stop requested while loading: nothing was trained yet")
         print("stop requested: finishing the step and writing a checkpoint", flush=True)
 
     old = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        model = train(cfg, should_stop=lambda: stop["flag"])
+        trainer = Trainer(cfg, should_stop=lambda: stop["flag"])
+        stop["training"] = True
+        model = trainer.run()
+    except StoppedWhileLoading as stopped:
+        print(stopped, flush=True)
+        return 0
     finally:
         for s, h in old.items():
             signal.signal(s, h)

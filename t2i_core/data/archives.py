@@ -21,12 +21,19 @@ class DataError(ValueError):
 
 @dataclass
 class UploadLimits:
-    """Bounds on untrusted input: archives (entries, bytes) and images (pixels, checked before decoding)."""
+    """Bounds on untrusted input: archives (entries, bytes), images (pixels, checked before decoding) and rows.
+
+    max_total_pixels bounds the decoding work of one load (each image counted by its header's width x height
+    before it is decoded): tiny compressed files can declare huge images. max_rows bounds a saved `datasets`
+    Dataset and the rows of the metadata files, checked before they are read one by one.
+    """
 
     max_entries: int = 20000
     max_total_bytes: int = 2 * 1024**3  # total uncompressed
     max_image_pixels: int = 40_000_000  # per image: refuses decompression bombs
     max_file_bytes: int = 200 * 1024**2
+    max_total_pixels: int = 4_000_000_000  # all images of one load together
+    max_rows: int = 1_000_000
 
 
 def safe_extract_zip(

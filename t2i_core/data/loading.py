@@ -33,6 +33,7 @@ from PIL import Image, ImageOps
 
 from .archives import DataError, UploadLimits, safe_extract_zip  # noqa: F401  (part of this module's API)
 from .metadata import METADATA_NAMES, read_all_metadata
+from .saved import check_saved_dataset
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 DATASET_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
@@ -91,6 +92,7 @@ class _Options:
     image_column: str
     caption_column: str
     limits: UploadLimits
+    budget: list[int]  # pixels left to decode in this load (one mutable cell)
 
 
 class _Skip(Exception):
@@ -113,27 +115,43 @@ def load_pairs(
     """Load every usable image-caption pair under `path` (a folder or a .zip of one).
 
     fit="crop" centre-crops each image to a square; fit="pad" pads it to a square with white. Pairs come sorted by
-    relative path (dataset rows keep their order). Raises DataError when `path` is missing or nothing is usable.
+    relative path (dataset rows keep their order). Raises DataError when `path` is missing, nothing is usable, a
+    limit is passed (e.g. the images together declare more than `limits.max_total_pixels`), or the data cannot be
+    read at all; no other exception escapes for bad data.
     """
     if fit not in FITS:
         raise ValueError(f"fit={fit!r} is not supported; pass fit='crop' (centre crop) or fit='pad' (pad with white).")
     if not isinstance(resolution, int) or resolution < 1:
         raise ValueError(f"resolution={resolution!r} must be a positive int number of pixels, e.g. 64.")
-    options = _Options(resolution, fit, image_column, caption_column, limits or UploadLimits())
+    limits = limits or UploadLimits()
+    options = _Options(resolution, fit, image_column, caption_column, limits, [limits.max_total_pixels])
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path} does not exist; pass a data folder or a .zip of one. {LAYOUTS_HELP}")
     if path.is_dir():
-        return _load_tree(path, str(path), options)
+        return _guarded_load(path, str(path), options)
     if not zipfile.is_zipfile(path):
         raise DataError(f"{path} is neither a folder nor a readable .zip archive. {LAYOUTS_HELP}")
     workdir = Path(tempfile.mkdtemp(prefix="t2i_data_"))
     try:
         safe_extract_zip(path, workdir, options.limits)
         # Pairs hold resized in-memory copies, so the extracted files are not needed once this returns.
-        return _load_tree(workdir, str(path), options)
+        return _guarded_load(workdir, str(path), options)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _guarded_load(root: Path, shown_as: str, options: _Options) -> tuple[list[Pair], LoadReport]:
+    """`_load_tree`, with anything a hostile or damaged file set can make the libraries raise (CSV field limits,
+    JSON nesting, undecodable text, arrow errors) turned into the one documented DataError."""
+    try:
+        return _load_tree(root, shown_as, options)
+    except DataError:
+        raise
+    except Exception as error:  # csv.Error, RecursionError, UnicodeError, OSError, pyarrow errors, MemoryError...
+        detail = " ".join(str(error).split())[:200]
+        raise DataError(f"cannot read the data in {shown_as} ({type(error).__name__}: {detail}); check that its "
+                        f"files are what they claim to be. {LAYOUTS_HELP}") from error
 
 
 def images_to_tensor(pairs: list[Pair]) -> torch.Tensor:
@@ -193,7 +211,8 @@ def _list_files(root: Path) -> list[str]:
 def _load_files(root: Path, options: _Options) -> tuple[list[Pair], list[tuple[str, str]]]:
     """Metadata-file and sidecar-.txt layouts; an image listed in metadata uses that caption, else its .txt."""
     files = _list_files(root)
-    listed, skipped, has_metadata, alternatives = read_all_metadata(root, files, options.caption_column)
+    listed, skipped, has_metadata, alternatives = read_all_metadata(root, files, options.caption_column,
+                                                                    options.limits.max_rows)
     file_set = set(files)
     images = {rel for rel in files if posixpath.splitext(rel)[1].lower() in IMAGE_SUFFIXES}
     image_stems = {posixpath.splitext(rel)[0] for rel in images}
@@ -249,8 +268,9 @@ def _load_saved_dataset(folder: Path, options: _Options) -> tuple[list[Pair], li
         import datasets
     except ImportError as error:
         raise DataError(f"{folder} is a saved `datasets` Dataset; install it with `pip install datasets`.") from error
+    check_saved_dataset(folder)
     try:
-        dataset = datasets.load_from_disk(str(folder))
+        dataset = datasets.load_from_disk(str(folder), keep_in_memory=False)  # memory-mapped: rows counted first
     except Exception as error:  # the library raises many types for a damaged folder
         raise DataError(f"cannot read the saved dataset in {folder}: {error}") from error
     prefix = "row "
@@ -258,6 +278,9 @@ def _load_saved_dataset(folder: Path, options: _Options) -> tuple[list[Pair], li
         if "train" not in dataset:
             raise DataError(f"the DatasetDict in {folder} has splits {list(dataset)} but no 'train' split; save one.")
         dataset, prefix = dataset["train"], "train["
+    if dataset.num_rows > options.limits.max_rows:
+        raise DataError(f"the saved dataset has {dataset.num_rows} rows, over the limit of {options.limits.max_rows} "
+                        "(max_rows); save a smaller one.")
     columns = dataset.column_names
     for column, flag in ((options.image_column, "image_column"), (options.caption_column, "caption_column")):
         if column not in columns:
@@ -322,7 +345,7 @@ def _load_image(source: Path | BinaryIO | Image.Image, options: _Options) -> Ima
                 return _prepare(source, options)
             with Image.open(source) as image:
                 return _prepare(image, options)
-    except _Skip:
+    except (_Skip, DataError):
         raise
     except Image.DecompressionBombError as error:
         raise _Skip(f"image is too large to decode safely: {error}") from error
@@ -336,6 +359,12 @@ def _prepare(image: Image.Image, options: _Options) -> Image.Image:
         raise _Skip(
             f"image is {width}x{height} = {width * height} pixels, over the limit of "
             f"{options.limits.max_image_pixels} (max_image_pixels)"
+        )
+    options.budget[0] -= width * height
+    if options.budget[0] < 0:
+        raise DataError(
+            f"the images together are over the decoding budget of {options.limits.max_total_pixels} pixels "
+            "(max_total_pixels); upload fewer or smaller images (64x64 is the model's size)."
         )
     # Lets JPEG decode at 1/2, 1/4 or 1/8 scale when that still covers the target size; other formats ignore it.
     image.draft(None, (options.resolution, options.resolution))

@@ -15,10 +15,11 @@ METADATA_NAMES = ("metadata.jsonl", "metadata.csv")
 
 
 def read_all_metadata(
-    root: Path, files: list[str], caption_column: str
+    root: Path, files: list[str], caption_column: str, max_rows: int = 1_000_000
 ) -> tuple[dict[str, Any], list[tuple[str, str]], bool, dict[str, list]]:
     """Map image path -> raw caption from every metadata file; bad rows are skipped with the row as source.
-    Also returns image path -> its "alt_texts" list, where a row has one."""
+    Also returns image path -> its "alt_texts" list, where a row has one. More than `max_rows` rows in all is a
+    DataError, as is a metadata file that is not UTF-8 text or not CSV."""
     metadata_files = [rel for rel in files if posixpath.basename(rel) in METADATA_NAMES]
     folders = [posixpath.dirname(rel) for rel in metadata_files]
     for folder in set(folders):
@@ -30,9 +31,18 @@ def read_all_metadata(
     alternatives: dict[str, list] = {}
     origin: dict[str, str] = {}
     skipped: list[tuple[str, str]] = []
+    rows_left = max_rows
     for meta_rel in metadata_files:
         base = posixpath.dirname(meta_rel)
-        for line, row in metadata_rows(root / meta_rel, meta_rel, caption_column, skipped):
+        try:
+            rows = metadata_rows(root / meta_rel, meta_rel, caption_column, skipped, rows_left)
+        except UnicodeDecodeError:
+            raise DataError(f"{meta_rel} is not UTF-8 text; save it as UTF-8.") from None
+        except csv.Error as error:
+            raise DataError(f"{meta_rel} cannot be read as CSV ({error}); keep captions short and quotes "
+                            "balanced.") from None
+        rows_left -= len(rows)
+        for line, row in rows:
             where = f"{meta_rel}:{line}"
             file_name = row.get("file_name")
             if not isinstance(file_name, str) or not file_name.strip():
@@ -56,24 +66,32 @@ def read_all_metadata(
 
 
 def metadata_rows(
-    path: Path, shown_as: str, caption_column: str, skipped: list[tuple[str, str]]
+    path: Path, shown_as: str, caption_column: str, skipped: list[tuple[str, str]], max_rows: int = 1_000_000
 ) -> list[tuple[int, dict]]:
-    """Rows of one metadata file with their line numbers; a missing column is an error, a bad line a skip."""
+    """Rows of one metadata file with their line numbers; a missing column or more than `max_rows` rows is an
+    error, a bad line a skip."""
     rows: list[tuple[int, dict]] = []
+    too_many = DataError(f"{shown_as} takes the metadata files over the row limit (max_rows); upload fewer images.")
     if path.suffix == ".csv":
         with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
             columns = reader.fieldnames or []
-            rows = [(reader.line_num, row) for row in reader]
+            for row in reader:
+                rows.append((reader.line_num, row))
+                if len(rows) > max_rows:
+                    raise too_many
     else:
         with open(path, encoding="utf-8-sig") as handle:
             for line_number, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue
+                if len(rows) >= max_rows:
+                    raise too_many
                 try:
                     row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    skipped.append((f"{shown_as}:{line_number}", f"invalid JSON: {error}"))
+                except (ValueError, RecursionError) as error:  # bad JSON, a 4,300-digit number, deep nesting
+                    reason = " ".join(str(error).split())[:120] or type(error).__name__
+                    skipped.append((f"{shown_as}:{line_number}", f"invalid JSON: {reason}"))
                     continue
                 if isinstance(row, dict):
                     rows.append((line_number, row))

@@ -22,6 +22,13 @@ if TYPE_CHECKING:
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "assets" / "model"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Bounds on a component's config.json, checked before the model is built: a folder is untrusted input, and sizes
+# such as num_mean_samples allocate memory before any weight is read. Far above any model this project trains.
+CONFIG_BOUNDS = {"resolution": 4096, "num_mean_samples": 4096, "heads": 64, "channels": 4096, "z_dim": 4096,
+                 "w_dim": 4096, "text_dim": 4096, "pooled_dim": 4096, "attention_resolutions": 4096}
+CONFIG_INT_BOUND = 1 << 16  # any other integer in a config.json
+CONFIG_LIST_BOUND = 16  # entries of a list (one per resolution)
+ALLOW_HUB_ENV = "T2I_ALLOW_HUB_TEXT_ENCODERS"
 
 
 def default_model_path() -> Path:
@@ -48,7 +55,43 @@ def check_model_folder(path: str | os.PathLike, components: tuple[str, ...] = ("
                     "loading them can run arbitrary code. Convert them to .safetensors (safetensors.torch.save_file)."
                 )
             raise ValueError(f"{name}/ in {str(path)!r} has no .safetensors weights.")
+        check_config_bounds(sub / "config.json")
     return path
+
+
+def check_config_bounds(config_path: Path) -> None:
+    """Raise ValueError if a component's config.json holds a size outside CONFIG_BOUNDS (or any integer over
+    CONFIG_INT_BOUND, or a list over CONFIG_LIST_BOUND entries)."""
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError, RecursionError) as err:
+        raise ValueError(f"{config_path.parent.name}/config.json cannot be read ({type(err).__name__}); re-save the "
+                         "model folder.") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path.parent.name}/config.json is not a JSON object; re-save the model folder.")
+    for key, value in config.items():
+        bound = CONFIG_BOUNDS.get(key, CONFIG_INT_BOUND)
+        values = value if isinstance(value, list) else [value]
+        too_long = isinstance(value, list) and len(value) > CONFIG_LIST_BOUND
+        if too_long or any(isinstance(v, (int, float)) and not isinstance(v, bool) and not -bound <= v <= bound
+                           for v in values):
+            raise ValueError(f"{config_path.parent.name}/config.json sets {key} to {str(value)[:80]}, outside the "
+                             f"bounds this loader accepts (at most {bound}"
+                             f"{f', {CONFIG_LIST_BOUND} entries' if isinstance(value, list) else ''}); "
+                             "the folder is damaged or not made by t2i_core.")
+
+
+def model_text_encoder(path: str | os.PathLike, shipped: str) -> str:
+    """The text encoder a model folder names: the shipped id, an existing local folder, or (only when the operator
+    sets T2I_ALLOW_HUB_TEXT_ENCODERS=1) a Hugging Face hub name. ValueError otherwise, before anything is fetched."""
+    name = read_model_index(path).get("text_encoder", shipped)
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"model_index.json in {str(path)!r} names no text encoder; set \"text_encoder\" to {shipped!r}.")
+    if name == shipped or Path(name).is_dir() or os.environ.get(ALLOW_HUB_ENV) == "1":
+        return name
+    raise ValueError(f"model_index.json in {str(path)!r} names the text encoder {name[:100]!r}, which is neither the "
+                     f"shipped {shipped!r} nor a local folder; hub models are not fetched for a model folder unless "
+                     f"the operator sets {ALLOW_HUB_ENV}=1.")
 
 
 def read_model_index(path: str | os.PathLike) -> dict:

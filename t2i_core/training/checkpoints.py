@@ -32,10 +32,28 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 
+class CheckpointError(OSError):
+    """A checkpoint could not be written (e.g. the disk is full); the previous one is intact."""
+
+
 def save_checkpoint(run_dir: Path, state: TrainState, g, d, g_ema, opt_g, opt_d, keep: int, text_encoder: str,
                     training: dict | None = None, bank=None) -> Path:
     """Write atomically (temporary folder, then rename), rotate, and refresh RUN_DIR/model (with `training` in its
-    model_index.json, and the exemplar bank when given)."""
+    model_index.json, and the exemplar bank when given). On a write error (a full disk) the partial files go, the previous checkpoint and model stay,
+    and CheckpointError says what to do."""
+    try:
+        return _save_checkpoint(run_dir, state, g, d, g_ema, opt_g, opt_d, keep, text_encoder, training, bank)
+    except OSError as err:
+        for partial in (run_dir / f".tmp-{CHECKPOINT_PREFIX}{state.step}", run_dir / ".tmp-model"):
+            shutil.rmtree(partial, ignore_errors=True)
+        previous = list_checkpoints(run_dir)
+        kept = f"{previous[-1].name} is intact" if previous else "no earlier checkpoint exists"
+        raise CheckpointError(err.errno, f"cannot write checkpoint-{state.step} in {run_dir} ({err.strerror or err}); "
+                                         f"{kept}. Free disk space, then run again with --resume.") from err
+
+
+def _save_checkpoint(run_dir: Path, state: TrainState, g, d, g_ema, opt_g, opt_d, keep: int, text_encoder: str,
+                     training: dict | None, bank=None) -> Path:
     final = run_dir / f"{CHECKPOINT_PREFIX}{state.step}"
     tmp = run_dir / f".tmp-{CHECKPOINT_PREFIX}{state.step}"
     shutil.rmtree(tmp, ignore_errors=True)

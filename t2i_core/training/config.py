@@ -95,6 +95,8 @@ class TrainConfig:
     caption_column: str = option("text", "caption column of a datasets folder or metadata file")
     # Bookkeeping.
     checkpoint_every: int = option(200, "write a checkpoint every N steps")
+    checkpoint_minutes: float = option(5.0, "also write a checkpoint when this many minutes passed since the last "
+                                            "one, so a kill loses little work on a slow machine (0 = by steps only)")
     keep_checkpoints: int = option(3, "keep the last K checkpoints")
     sample_every: int = option(200, "save a sample grid every N steps")
     sample_minutes: float = option(0.0, "also save a sample grid every M minutes of training (0 = by steps only)")

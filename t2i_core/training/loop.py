@@ -21,7 +21,8 @@ from ..data.loading import load_pairs
 from ..images import captioned_grid, to_pil
 from ..models.discriminator import Discriminator
 from ..models.bank import ExemplarBank
-from ..models.folder import PRECISIONS, check_model_folder, default_model_path, load_bank, read_model_index
+from ..models.folder import (PRECISIONS, check_model_folder, default_model_path, load_bank, model_text_encoder,
+                             read_model_index)
 from ..models.generator import Generator
 from ..text import DEFAULT_TEXT_ENCODER, load_text_encoder
 from .checkpoints import TrainState, list_checkpoints, load_checkpoint, save_checkpoint
@@ -65,15 +66,20 @@ def build_models(cfg: TrainConfig, text_dim: int, pooled_dim: int) -> tuple[Gene
         if want and tuple(want) != tuple(model.config.channels):
             raise ValueError(f"--{name.replace('_', '-')} {list(want)} differs from the model in {path} "
                              f"({list(model.config.channels)}); widths apply to --init none only")
-    return g, d, read_model_index(path).get("text_encoder", DEFAULT_TEXT_ENCODER)
+    return g, d, model_text_encoder(path, DEFAULT_TEXT_ENCODER)
 
 
 def init_path(cfg: TrainConfig) -> Path:
     return default_model_path() if cfg.init == "default" else Path(cfg.init)
 
 
+# Weights this large mean the run diverged even if they are still finite; such weights are rolled back, never saved.
+MAX_WEIGHT = 1e4
+
+
 def all_finite(module: torch.nn.Module) -> bool:
-    return all(torch.isfinite(p).all() for p in module.parameters())
+    """Every weight finite and within MAX_WEIGHT."""
+    return all(bool(p.detach().abs().max() <= MAX_WEIGHT) for p in module.parameters() if p.numel())
 
 
 class Trainer:
@@ -134,8 +140,9 @@ class Trainer:
         cfg = self.cfg
         enc_name, self.init_training = cfg.text_encoder, None
         if cfg.init != "none" and (init_path(cfg) / "model_index.json").is_file():
-            index = read_model_index(init_path(cfg))
-            enc_name, self.init_training = index.get("text_encoder", DEFAULT_TEXT_ENCODER), index.get("training")
+            check_model_folder(init_path(cfg))
+            enc_name = model_text_encoder(init_path(cfg), DEFAULT_TEXT_ENCODER)
+            self.init_training = read_model_index(init_path(cfg)).get("training")
         self.text_encoder = text_encoder or load_text_encoder(enc_name)
         self.g, self.d, self.text_encoder_name = build_models(cfg, self.text_encoder.dim, self.text_encoder.pooled_dim)
         self.resolution = self.g.config.resolution
@@ -239,13 +246,17 @@ class Trainer:
         return record
 
     def resume(self) -> bool:
-        ckpts = list_checkpoints(self.run_dir)
-        if not ckpts:
-            return False
-        self.state = load_checkpoint(ckpts[-1], self.g, self.d, self.g_ema, self.opt_g, self.opt_d)
-        self.set_lr_scale(self.state.lr_scale)
-        self.log_line(f"Resumed from {ckpts[-1].name} (step {self.state.step}).")
-        return True
+        """Load the latest checkpoint that loads whole (a damaged one, e.g. from a kill mid-write, is skipped)."""
+        for ckpt in reversed(list_checkpoints(self.run_dir)):
+            try:
+                self.state = load_checkpoint(ckpt, self.g, self.d, self.g_ema, self.opt_g, self.opt_d)
+            except Exception as err:  # safetensors, torch.load and json raise several types for damaged files
+                self.log_line(f"Skipped {ckpt.name}: it cannot be loaded ({type(err).__name__}: {err}).")
+                continue
+            self.set_lr_scale(self.state.lr_scale)
+            self.log_line(f"Resumed from {ckpt.name} (step {self.state.step}).")
+            return True
+        return False
 
     def set_lr_scale(self, scale: float) -> None:
         self.state.lr_scale = scale
@@ -254,13 +265,13 @@ class Trainer:
                 group["lr"] = lr * scale * group.get("lr_mult", 1.0)
 
     def rollback(self) -> None:
-        """Weights went non-finite: reload the last good checkpoint and halve the learning rate."""
+        """Weights went non-finite or over MAX_WEIGHT: reload the last good checkpoint and halve the learning rate."""
         rollbacks, scale = self.state.rollbacks + 1, self.state.lr_scale * 0.5
         if not self.resume():
             raise RuntimeError("training diverged before the first checkpoint; lower --lr and start again")
         self.state.rollbacks = rollbacks
         self.set_lr_scale(scale)
-        self.log_line(f"Non-finite weights: rolled back to step {self.state.step}, learning rate x{scale:g}.")
+        self.log_line(f"Non-finite or exploded weights: rolled back to step {self.state.step}, learning rate x{scale:g}.")
 
     # The loop.
 
@@ -275,6 +286,7 @@ class Trainer:
             # A first grid before any update: what the starting model draws for the sample captions.
             self._log({}, start, self.save_samples())
         last_sample = time.time()
+        last_ckpt_time = start
         bar = self._progress_bar()
         while self.state.step < cfg.max_steps:
             if self._should_end(start):
@@ -305,10 +317,11 @@ class Trainer:
             if step % cfg.log_every == 0 or sample:
                 self._log(losses, start, sample)
 
-            # Save checkpoint.
-            if step % cfg.checkpoint_every == 0:
+            # Save checkpoint: every checkpoint_every steps, and every checkpoint_minutes (a slow machine's work).
+            due_by_time = cfg.checkpoint_minutes > 0 and time.time() - last_ckpt_time >= cfg.checkpoint_minutes * 60
+            if step % cfg.checkpoint_every == 0 or self._agree(due_by_time):
                 self.checkpoint()
-                last_ckpt = step
+                last_ckpt, last_ckpt_time = step, time.time()
         if self.rank == 0:
             # The last row says why the run ended: "max steps", "time budget" or "stop requested".
             self._log({}, start, self.save_samples(), stopped)
@@ -339,13 +352,15 @@ class Trainer:
                     disable=None)
 
     def _should_end(self, start: float) -> bool:
-        end = self.should_stop() or (self.cfg.minutes > 0 and time.time() - start >= self.cfg.minutes * 60)
+        return self._agree(self.should_stop() or (self.cfg.minutes > 0 and time.time() - start >= self.cfg.minutes * 60))
+
+    def _agree(self, flag: bool) -> bool:
+        """Rank 0's answer (its clock decides), so every process stops or checkpoints at the same step."""
         if self.world > 1:
-            # Rank 0's clock decides, so every process stops at the same step.
-            flag = torch.tensor([float(end)])
-            dist.broadcast(flag, 0)
-            end = bool(flag.item())
-        return end
+            value = torch.tensor([float(flag)])
+            dist.broadcast(value, 0)
+            flag = bool(value.item())
+        return flag
 
     def _log(self, losses: dict, start: float, sample: str | None, message: str = "") -> None:
         self.log.metrics(self.state.step, self.cfg.max_steps, self.state.images_seen, losses, start, sample, message)

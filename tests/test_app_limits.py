@@ -1,0 +1,121 @@
+"""Issue 15 on the app side, without a server: upload caps that hold across uploads, outputs capped, visitors who
+never evict each other, owner ids the server signs, per-client request rates and training minutes."""
+
+from __future__ import annotations
+
+import io
+import os
+import time
+import zipfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from PIL import Image
+
+from t2i_app import RunManager
+from t2i_app.limits import OwnerIds, RateLimiter, ServerLimits, TrainingQuota, prompt_problem
+from t2i_app.retention import tree_bytes
+from t2i_app.views import identify
+from t2i_core.data.loading import UploadLimits
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def noisy_zip(path: Path, n: int, seed: int = 0) -> Path:
+    """n 48 px noise PNGs (about 7 kB each: they do not compress) with .txt captions."""
+    with zipfile.ZipFile(path, "w") as zf:
+        for i in range(n):
+            buf = io.BytesIO()
+            Image.frombytes("RGB", (48, 48), os.urandom(48 * 48 * 3)).save(buf, "PNG")
+            zf.writestr(f"n{seed}_{i}.png", buf.getvalue())
+            zf.writestr(f"n{seed}_{i}.txt", "noise")
+    return path
+
+
+def test_upload_caps_hold_across_archives_uploads_and_owners(tmp_path):
+    limits = UploadLimits(max_total_bytes=20_000, max_file_bytes=20_000)
+    manager = RunManager(tmp_path / "r", max_bytes=60_000, limits=limits)  # uploads together: 30 kB
+    zips = [noisy_zip(tmp_path / f"z{i}.zip", 1, seed=i) for i in range(3)]  # ~7 kB each
+    # Three archives in one upload count together: 21 kB is over the 20 kB of one upload.
+    refused = manager.prepare_upload(zips, "alice")
+    assert not refused.ok and "max_total_bytes" in refused.report
+    # One owner's new upload replaces their earlier one: their usage does not add up.
+    for _ in range(3):
+        assert manager.prepare_upload(zips[:2], "alice").ok
+    assert len(list(manager.uploads_dir.iterdir())) == 1
+    # Many owners: the uploads folder stays within its 30 kB, whoever sends them.
+    results = [manager.prepare_upload(zips[:2], f"owner{i}") for i in range(5)]
+    assert [r.ok for r in results].count(False) >= 2
+    assert tree_bytes(manager.uploads_dir) <= 30_000
+
+
+def test_a_failed_upload_leaves_nothing_and_names_no_server_folder(tmp_path):
+    manager = RunManager(tmp_path / "r")
+    bad = tmp_path / "metadata.csv"
+    bad.write_bytes(b"file_name,text\na.png,caf\xe9\n")
+    png = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(png)
+    broken_zip = tmp_path / "broken.zip"
+    broken_zip.write_bytes(b"PK\x03\x04" + os.urandom(200))
+    for files in ([bad, png], [broken_zip]):
+        upload = manager.prepare_upload(files, "alice")
+        assert not upload.ok and "\n" not in upload.report
+        assert str(tmp_path) not in upload.report and "/tmp/" not in upload.report, upload.report
+        assert list(manager.uploads_dir.iterdir()) == []
+
+
+def test_outputs_are_capped(tmp_path, monkeypatch):
+    monkeypatch.setattr("t2i_app.retention.prune_outputs.__defaults__", (50_000,))
+    manager = RunManager(tmp_path / "r")
+    for _ in range(10):
+        (manager.new_output_dir() / "clip.webp").write_bytes(os.urandom(20_000))
+        time.sleep(0.01)
+    assert tree_bytes(manager.outputs_dir) <= 50_000 + 20_000  # the cap, plus the newest download
+
+
+def test_a_forged_owner_id_gets_a_fresh_identity_that_sees_nothing(tmp_path):
+    ids = OwnerIds("server-secret")
+    alice = ids.issue()
+    assert identify(alice, None, ids) == alice  # an id the server issued is kept
+    token, _ = alice.split("-")
+    for forged in (f"{token}-{'0' * 24}", "anonymous", alice.upper(), OwnerIds("guess").issue(), None):
+        request = SimpleNamespace(session_hash="attacker-session")
+        got = identify(forged, request, ids)
+        assert got != alice and ids.verify(got)
+        assert identify(forged, SimpleNamespace(session_hash="another"), ids) != got  # nothing shared either
+    manager = RunManager(tmp_path / "r")
+    assert manager.owner_ids.verify(manager.owner_ids.issue())
+    assert manager.browser_secret() not in manager.owner_ids.browser_state_secret()
+
+
+def test_one_clients_burst_is_throttled_while_another_still_succeeds():
+    clock = [0.0]
+    limiter = RateLimiter(per_minute=30, burst=5, clock=lambda: clock[0])
+    answers = [limiter.refusal("flooder") for _ in range(50)]
+    assert answers[:5] == [None] * 5 and all("wait" in a for a in answers[5:])
+    assert limiter.refusal("visitor") is None
+    clock[0] += 2.0  # one request's worth at 30 a minute
+    assert limiter.refusal("flooder") is None and limiter.refusal("flooder") is not None
+
+
+def test_prompt_length_is_limited_before_any_work():
+    started = time.perf_counter()
+    message = prompt_problem(["x" * 1_000_000], 500)
+    assert time.perf_counter() - started < 0.1 and "1,000,000 characters" in message
+    assert prompt_problem(["grinning face", None], 500) is None
+
+
+def test_the_training_slot_cannot_be_held_forever_under_new_owner_ids(tmp_path):
+    quota = TrainingQuota(minutes=90)
+    for _ in range(3):  # 3 x 30 min under three fresh ids, from one address
+        assert quota.refusal("10.0.0.7", 30) is None
+        quota.charge("10.0.0.7", 30)
+    assert "try again in about" in quota.refusal("10.0.0.7", 30)
+    assert quota.refusal("10.0.0.8", 30) is None  # another visitor still gets a turn
+    manager = RunManager(tmp_path / "r", server_limits=ServerLimits(max_run_minutes=60, client_train_minutes=60))
+    with pytest.raises(ValueError, match="at most 60 minutes"):
+        manager.start(manager.owner_ids.issue(), "x", minutes=120, client="10.0.0.7")
+    manager.train_quota.charge("10.0.0.7", 60)
+    with pytest.raises(ValueError, match="minutes of training"):
+        manager.start(manager.owner_ids.issue(), "x", minutes=10, client="10.0.0.7")
