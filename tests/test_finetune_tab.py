@@ -120,8 +120,13 @@ def test_the_download_is_flat_fp16_readable_and_drops_into_the_cli(tmp_path, tin
 
     manager = RunManager(tmp_path / "runs")
     run = _make_run(manager, "20250101-000001-aaaaaa", "alice", time.time(), tiny_model_dir)
-    (run.path / "model" / "bank").mkdir()
-    (run.path / "model" / "bank" / "bank.json").write_text("{}")
+    import torch
+
+    from t2i_core.models.bank import ExemplarBank
+
+    vectors = torch.nn.functional.normalize(torch.randn(2, 384), dim=-1)
+    ExemplarBank(torch.zeros(2, 3, 16, 16, dtype=torch.uint8), vectors, ["a cat", "a dog"], ["cat", "dog"]).save(
+        run.path / "model" / "bank")
     archive = manager.zip_model(run.id, "alice")
     with zipfile.ZipFile(archive) as zf:
         names = zf.namelist()
@@ -168,7 +173,7 @@ def test_a_run_shows_a_captioned_grid_before_training_and_says_why_it_ended(tmp_
     from test_app import make_zip
 
     cfg = TrainConfig(data=str(make_zip(tmp_path / "data.zip")), out=str(tmp_path / "run"), init=str(tiny_model_dir),
-                      max_steps=2, batch_size=4, threads=1, log_every=1, sample_every=1000, precision="fp32")
+                      max_steps=2, batch_size=4, log_every=1, sample_every=1000, precision="fp32")
     train(cfg)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["step"] == 0 and "wall" in rows[0] and rows[-1]["end"] == "max steps"
