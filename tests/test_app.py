@@ -229,7 +229,7 @@ def test_a_1mb_prompt_is_refused_at_once_and_a_flood_does_not_starve_others(clie
     assert gallery == [] and "1,000,000 characters" in status
     flooder = Client(app_url, verbose=False)
     # Distinct seeds: identical images would share one cache file that gradio rewrites while serving it.
-    jobs = [flooder.submit("a cat", "default", 100 + i, False, 1, 1.0, 1.0, 0, None, api_name="/generate")
+    jobs = [flooder.submit("a cat", "default", 100 + i, False, 1, 1.0, 1.0, 0, True, None, api_name="/generate")
             for i in range(25)]
     statuses = [job.result(timeout=120)[2] for job in jobs]
     assert sum("Too many requests" in s for s in statuses) >= 10
