@@ -11,6 +11,12 @@ R@1 among 100 captions (the true caption + 99 captions of other emoji, as `score
   blur           each real test image blurred at 64 px (Gaussian, sigma 2). Must be <= real / 2.
   silhouette     each real test image's non-white pixels filled with their mean colour. Must be <= real / 2.
   pixelated      each real test image at 12 px, scaled back up (reported, no threshold).
+  recoloured     the unseen-style emoji whose names name no colour, recoloured, against their bare names: the
+                 compositional set's object check ("is a blue banana still a banana?") must hold for real pictures
+                 before it judges a model's. Two recolourings: `images.recolor` (every saturated pixel to one hue,
+                 as the compositional prompts ask; the colours cycle over COLOURS) and a hue rotation by 120 or 240
+                 degrees (every hue moves; a transform no training step uses). Each must reach >= 0.8 x the same
+                 images' R@1 in their own colours.
 
     python bench/validate_scorer.py --data /path/to/emoji [--scorer assets/scorer] [--cache ~/.cache/t2i_core/npm]
         [--styles apple,facebook] [--json OUT.json] [--threads 1]
@@ -33,6 +39,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from t2i_core.evaluation.blobs import gaussian_blur, pixelate, silhouette  # noqa: E402
+from t2i_core.images import COLOURS, hsv_to_rgb, recolor, recolourable, rgb_to_hsv  # noqa: E402
 from t2i_core.evaluation.metrics import choose_distractors, max_distractors, r_precision_hits  # noqa: E402
 from t2i_core.evaluation.report import image_features, load_eval_set  # noqa: E402
 from t2i_core.evaluation.scorer import ContrastiveScorer, torch_threads  # noqa: E402
@@ -57,6 +64,20 @@ def degrade(images: torch.Tensor, how) -> torch.Tensor:
         x = images[start : start + 512].float().div(127.5).sub(1.0)
         out.append(((how(x).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
     return torch.cat(out)
+
+
+def set_hue(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] (M, 3, R, R) -> every saturated pixel to one of COLOURS, cycling over the images."""
+    hues = torch.tensor(list(COLOURS.values()))
+    return recolor(images, hues[torch.arange(len(images)) % len(hues)])
+
+
+def rotate_hue(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] (M, 3, R, R) -> every hue rotated by 120 degrees (even images) or 240 (odd)."""
+    hsv = rgb_to_hsv((images.float() + 1) / 2)
+    shift = torch.where(torch.arange(len(images)) % 2 == 0, 1 / 3, 2 / 3)[:, None, None]
+    hsv = torch.stack([(hsv[:, 0] + shift) % 1.0, hsv[:, 1], hsv[:, 2]], 1)
+    return hsv_to_rgb(hsv) * 2 - 1
 
 
 def unseen_style_set(style: str, cache: Path, resolution: int) -> tuple[torch.Tensor, list[str], list[str], torch.Tensor]:
@@ -121,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
         for style in styles:
             images, captions, groups, idx = unseen_style_set(style, Path(args.cache), res)
             figures[f"unseen {style}"] = r_at_1(scorer, images, captions, groups, idx, num, seed)
+            keep = torch.tensor([recolourable(captions[c]) for c in idx.tolist()])
+            sub, sub_idx = images[keep], idx[keep]
+            figures[f"{style}, own colours"] = r_at_1(scorer, sub, captions, groups, sub_idx, num, seed)
+            for name, how in (("recolour", set_hue), ("hue rotation", rotate_hue)):
+                figures[f"{style}, {name}"] = r_at_1(scorer, degrade(sub, how), captions, groups, sub_idx, num, seed)
         figures["real"] = r_at_1(scorer, test.images, test.captions, test.groups, test.image_caption, num, seed)
         names = [c.rsplit(", ", 1)[0] if c.endswith(" style") else c for c in test.captions]
         unique = list(dict.fromkeys(names))
@@ -138,10 +164,12 @@ def main(argv: list[str] | None = None) -> int:
 
     checks = {f"unseen {s} >= 0.6": figures[f"unseen {s}"] >= 0.6 for s in styles}
     checks.update({f"{b} <= real / 2": figures[b] <= figures["real"] / 2 for b in ("blur", "silhouette")})
+    checks.update({f"{s}, {name} >= 0.8 x own colours": figures[f"{s}, {name}"] >= 0.8 * figures[f"{s}, own colours"]
+                   for s in styles for name in ("recolour", "hue rotation")})
     print(f"scorer: {args.scorer or 'assets/scorer'} ({scorer.info.get('data')}, seed {scorer.info.get('seed')}); "
           f"R@1 among {num + 1} captions, distractor seed {seed}")
     for name, value in figures.items():
-        print(f"  {name:<16} {value:.3f}")
+        print(f"  {name:<24} {value:.3f}")
     for name, ok in checks.items():
         print(f"  {'PASS' if ok else 'FAIL'}  {name}")
     print(f"  ({time.time() - start:.0f}s)")

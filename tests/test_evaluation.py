@@ -27,6 +27,7 @@ from t2i_core.evaluation.scorer_training import train_scorer
 
 TINY_SCORER = dict(resolution=16, channels=(8, 16), embed_dim=16)
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 60), "blue": (40, 60, 220), "orange": (250, 150, 20)}
+COLOURS_RGB = COLOURS
 SHAPES = ("circle", "square", "triangle")
 TEST_EMOJI = {("orange", "circle"), ("orange", "square"), ("orange", "triangle"), ("blue", "triangle")}
 
@@ -466,3 +467,52 @@ def test_eval_command_prints_the_compositional_checks(shapes_corpus, tiny_model_
     # Objects ranked among the corpus's names that do not contain them (12 names, 4 of each shape: 8 others + 1).
     assert report["compositional_candidates"] == "12"
     assert set(report["copies"]) == {"generated", "retrieval"}  # no real row with prompts
+
+
+def test_scorer_training_recolours_images_and_captions_together(tmp_path, text_encoder, monkeypatch):
+    """With recolour_share, an image whose name names no colour is recoloured and captioned "a <colour> <name>";
+    names that already say a colour ("red circle") are left alone."""
+    from t2i_core.evaluation import scorer_training
+    from t2i_core.evaluation.scorer_data import load_scorer_data
+    from t2i_core.images import COLOURS, rgb_to_hsv
+
+    rows = []
+    for label, colour in (("circle", "green"), ("square", "green"), ("red circle", "red")):
+        name = f"{label.replace(' ', '-')}.png"
+        image = Image.new("RGB", (16, 16), "white")
+        ImageDraw.Draw(image).rectangle((3, 3, 12, 12), fill=COLOURS_RGB[colour])
+        image.save(tmp_path / name)
+        rows.append({"file_name": name, "text": f"{label}, flat style", "label": label, "style": "flat"})
+    (tmp_path / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = load_scorer_data(tmp_path, text_encoder, 16, log=lambda _: None, recolour=True)
+    order = [data.captions.index(f"{label}, flat style") for label in ("circle", "square", "red circle")]
+    assert data.recolour[order].tolist() == [0, 1, -1] and data.colour_pooled.shape == (2, len(COLOURS), 2, 384)
+    blue = list(COLOURS).index("blue")
+    expected = text_encoder(["a blue circle"]).pooled.float()[0]
+    assert torch.allclose(data.colour_pooled[0, blue, 1], expected, atol=1e-4)
+
+    seen = {}
+
+    class Spy(torch.nn.Module):
+        def encode_images(self, images):
+            seen["images"] = images.clone()
+            return torch.zeros(len(images), 4, requires_grad=True)
+
+        def encode_pooled(self, pooled):
+            seen["pooled"] = pooled.clone()
+            return torch.zeros(len(pooled), 4, requires_grad=True)
+
+        def logits(self, a, b):
+            return a @ b.T
+
+    recipe = scorer_training.Recipe(recolour_share=1.0)
+    idx = torch.tensor(order)
+    scorer_training._loss(Spy(), data, recipe, idx, False, torch.Generator().manual_seed(0), None)
+    hue = rgb_to_hsv((seen["images"][:, :, 8, 8:9] + 1) / 2)[:, 0, 0] * 360  # the centre pixel's hue
+    assert abs(hue[2].item() - 0.0) < 2 or abs(hue[2].item() - 360) < 2  # "red circle" keeps its red
+    for i in (0, 1):
+        # Each recoloured image's caption vector is its own name in the colour its pixels now have.
+        row = data.colour_pooled[int(data.recolour[order[i]])].view(-1, 384)
+        match = int(torch.nonzero((row - seen["pooled"][i]).abs().sum(1) < 1e-6)[0]) // 2
+        assert abs(hue[i].item() - list(COLOURS.values())[match]) < 2 or {hue[i].item() // 1, match} == {359.0, 0}
+    assert torch.equal(seen["pooled"][2], data.pooled[data.variants[order[2], 0]])

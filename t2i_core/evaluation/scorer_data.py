@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.loading import images_to_tensor, load_pairs
+from ..images import COLOURS, recolourable
 from ..text import TextEncoder
 from .captions import plain_variants, styled_variants
 from .scorer import pooled_text_vectors, read_group_keys, training_folder
@@ -26,7 +27,9 @@ class ScorerData:
     images (N, 3, R, R) uint8; pooled (U, pooled_dim): the text vector of each unique caption form; variants (N, V)
     long: the caption forms of each image as indices into `pooled` (-1 pads), its styled forms first (the corpus
     caption at 0), then its style-free ones; styled (N,) and plain (N,): how many of each; groups (N,): group id;
-    captions: each image's corpus caption.
+    captions: each image's corpus caption. For recolouring (`recolour_forms`): recolour (N,) long, each image's
+    row in colour_pooled (-1: its name already names a colour, or it has none), and colour_pooled (R, len(COLOURS),
+    2, pooled_dim), the vectors of "<colour> <name>" and "a <colour> <name>" for each recolourable name.
     """
 
     images: torch.Tensor
@@ -36,6 +39,8 @@ class ScorerData:
     variants: torch.Tensor
     styled: torch.Tensor
     plain: torch.Tensor
+    recolour: torch.Tensor | None = None
+    colour_pooled: torch.Tensor | None = None
 
     def sample_text(self, idx: torch.Tensor, generator: torch.Generator, styled_share: float = 0.5) -> torch.Tensor:
         """One caption form for each image in idx (B,): a styled one with probability `styled_share` (always when
@@ -79,11 +84,18 @@ def caption_forms(pair, row: dict | None, variants: bool = True) -> tuple[list[s
     return [pair.text], [t for t in dict.fromkeys(pair.alt_texts) if t != pair.text]
 
 
+def recolour_forms(name: str) -> list[str]:
+    """The captions of a recoloured image of `name`, colour-major: for each of COLOURS, "<colour> <name>" and
+    "a <colour> <name>" (the forms of the compositional prompts)."""
+    return [form for colour in COLOURS for form in (f"{colour} {name}", f"a {colour} {name}")]
+
+
 def build_scorer_data(pairs, text_encoder: TextEncoder, group_keys: dict[str, str] | None = None,
                       resolution: int = 64, cache_text: bool = False, rows: dict[str, dict] | None = None,
-                      variants: bool = True) -> ScorerData:
+                      variants: bool = True, recolour: bool = False) -> ScorerData:
     """Pairs -> ScorerData. Images with the same group key (else the same caption) are never each other's negatives.
-    rows: pair.source -> metadata row, for the caption forms (see `caption_forms`)."""
+    rows: pair.source -> metadata row, for the caption forms (see `caption_forms`). recolour: also encode the
+    captions of recoloured copies of each image whose name ("label") names no colour (`recolour_forms`)."""
     images = images_to_tensor(pairs)
     if images.shape[-1] != resolution:
         images = F.interpolate(images, size=(resolution, resolution), mode="bilinear", antialias=True, align_corners=False)
@@ -100,8 +112,17 @@ def build_scorer_data(pairs, text_encoder: TextEncoder, group_keys: dict[str, st
     keys = [(group_keys or {}).get(p.source, "text:" + p.text) for p in pairs]
     ids = {k: i for i, k in enumerate(sorted(set(keys)))}
     groups = torch.tensor([ids[k] for k in keys])
-    return ScorerData(images, pooled, groups, captions, table, torch.tensor([len(f[0]) for f in forms]),
+    data = ScorerData(images, pooled, groups, captions, table, torch.tensor([len(f[0]) for f in forms]),
                       torch.tensor([len(f[1]) for f in forms]))
+    if recolour:
+        labels = [((rows or {}).get(p.source) or {}).get("label") for p in pairs]
+        names = sorted({n for n in labels if n and recolourable(n)})
+        row_of = {n: i for i, n in enumerate(names)}
+        data.recolour = torch.tensor([row_of.get(n, -1) if n else -1 for n in labels])
+        flat = [form for n in names for form in recolour_forms(n)]
+        vectors = pooled_text_vectors(text_encoder, flat, cache=cache_text) if flat else pooled.new_zeros(0, pooled.shape[1])
+        data.colour_pooled = vectors.view(len(names), len(COLOURS), 2, -1)
+    return data
 
 
 def is_folder_list(data) -> bool:
@@ -113,7 +134,7 @@ def is_folder_list(data) -> bool:
 
 def load_scorer_data(data_dir_or_pairs, text_encoder: TextEncoder, resolution: int = 64,
                      group_keys: dict[str, str] | None = None, cache_text: bool = False, log=print,
-                     variants: bool = True) -> ScorerData:
+                     variants: bool = True, recolour: bool = False) -> ScorerData:
     """A training folder (a corpus root with train/ uses train/), a list of folders (all used: e.g. a corpus's
     train/ and test/), or a list of `Pair`s -> ScorerData."""
     rows = None
@@ -132,7 +153,7 @@ def load_scorer_data(data_dir_or_pairs, text_encoder: TextEncoder, resolution: i
     else:
         pairs = list(data_dir_or_pairs)
     start = time.time()
-    data = build_scorer_data(pairs, text_encoder, group_keys, resolution, cache_text, rows, variants)
+    data = build_scorer_data(pairs, text_encoder, group_keys, resolution, cache_text, rows, variants, recolour)
     log(f"encoded {len(data.pooled)} caption forms of {len(set(data.captions))} captions in "
         f"{time.time() - start:.0f}s; {len(pairs)} images in {int(data.groups.max()) + 1} groups")
     return data

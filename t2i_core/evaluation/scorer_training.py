@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..images import COLOURS, recolor
 from ..text import TextEncoder, load_text_encoder
 from .blobs import KINDS, random_blobs
 from .report import scorer_test_r_precision
@@ -34,7 +35,9 @@ class Recipe:
     text_hidden > 0 adds a residual MLP to the text head; variants=True draws each image's caption from all its forms
     (`scorer_data.caption_forms`; a styled one with probability `styled_share`); hard_negatives = f fills f / 2 of
     each batch with images whose names are nearest to others' in the batch; blob_weight > 0 adds `blob_loss` on random
-    degraded copies (`blobs`, kinds `blob_kinds`) of `blob_share` of the batch.
+    degraded copies (`blobs`, kinds `blob_kinds`) of `blob_share` of the batch. recolour_share = f turns about f of
+    the images whose name names no colour to one of COLOURS (`images.recolor`), captioned "a blue <name>": the
+    object stays that object in any colour, which the compositional set's object check relies on.
     """
 
     text_hidden: int = 0
@@ -45,6 +48,7 @@ class Recipe:
     blob_kinds: tuple[str, ...] = KINDS
     blob_share: float = 0.25
     weight_decay: float = 0.05
+    recolour_share: float = 0.0
 
 
 def blob_loss(scale: torch.Tensor, blob_emb: torch.Tensor, image_emb: torch.Tensor, text_emb: torch.Tensor,
@@ -90,7 +94,7 @@ def train_scorer(data_dir_or_pairs, out_dir: str | os.PathLike | None = None, mi
     text_encoder = text_encoder or load_text_encoder()
     with torch_threads(threads):
         data = load_scorer_data(data_dir_or_pairs, text_encoder, resolution, group_keys, cache_text, log,
-                                recipe.variants)
+                                recipe.variants, recolour=recipe.recolour_share > 0)
         n = len(data.images)
         batch_size = min(batch_size, n)
         torch.manual_seed(seed)
@@ -196,8 +200,16 @@ def _loss(scorer: ContrastiveScorer, data: ScorerData, recipe: Recipe, idx: torc
         images = shift_and_zoom(images, gen)
     text_idx = data.sample_text(idx, gen, recipe.styled_share) if recipe.variants else data.variants[idx, 0]
     groups = data.groups[idx]
+    pooled = data.pooled[text_idx]
+    if recipe.recolour_share and data.recolour is not None:
+        row = data.recolour[idx]
+        chosen = torch.nonzero((torch.rand(len(idx), generator=gen) < recipe.recolour_share) & (row >= 0)).squeeze(1)
+        colour = torch.randint(len(COLOURS), (len(chosen),), generator=gen)
+        form = torch.randint(2, (len(chosen),), generator=gen)
+        images[chosen] = recolor(images[chosen], torch.tensor(list(COLOURS.values()))[colour]).to(images.dtype)
+        pooled[chosen] = data.colour_pooled[row[chosen], colour, form]
     image_emb = scorer.encode_images(images)
-    text_emb = scorer.encode_pooled(data.pooled[text_idx])
+    text_emb = scorer.encode_pooled(pooled)
     loss = contrastive_loss(scorer.logits(image_emb, text_emb), groups[:, None] == groups[None, :])
     if recipe.blob_weight:
         k = max(1, int(recipe.blob_share * len(idx)))
@@ -241,6 +253,9 @@ def build_parser():
                         help="weight of the loss that ranks degraded copies (blur, silhouette, pixelated) below the "
                              "real image (default 0: off)")
     parser.add_argument("--blob-kinds", default=",".join(KINDS), help="comma-separated degradations for --blob-weight")
+    parser.add_argument("--recolour-share", type=float, default=0.0, metavar="F",
+                        help="share of images (whose name names no colour) recoloured and captioned 'a blue <name>' "
+                             "(default 0)")
     parser.add_argument("--init", default=None, metavar="DIR",
                         help="start from this scorer folder (same architecture flags); a warm restart")
     parser.add_argument("--save-every", type=float, default=0.0, metavar="MIN",
@@ -264,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                               text_hidden=args.text_hidden, variants=args.variants, styled_share=args.styled_share,
                               hard_negatives=args.hard_negatives, blob_weight=args.blob_weight,
                               blob_kinds=tuple(k.strip() for k in args.blob_kinds.split(",") if k.strip()),
+                              recolour_share=args.recolour_share,
                               save_every=args.save_every, init=args.init)
         test = Path(args.test) if args.test else training_folder(args.data[0]).parent / "test"
         if (test / "metadata.jsonl").is_file():

@@ -9,56 +9,12 @@ tones, similar animals) or is absent, so the generator must read the text to get
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-# Colour words and the hue (degrees) a recoloured image takes; saturated pixels get the hue, others stay.
-COLOURS = {"red": 0.0, "orange": 28.0, "yellow": 55.0, "green": 120.0, "teal": 175.0, "blue": 220.0,
-           "purple": 275.0, "pink": 325.0}
-# Labels that already name a colour (or have none to change) are not recoloured: "blue heart" stays blue.
-_COLOUR_WORDS = re.compile(r"\b(red|orange|yellow|green|teal|blue|purple|pink|brown|black|white|grey|gray|"
-                           r"skin tone|light|dark|flag|keycap|button)\b")
-
-
-def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) RGB in [0, 1] -> HSV in [0, 1] (hue as a fraction of a turn)."""
-    r, g, b = x.unbind(1)
-    maxc, _ = x.max(1)
-    minc, _ = x.min(1)
-    delta = maxc - minc
-    s = delta / maxc.clamp(min=1e-6)
-    d = delta.clamp(min=1e-6)
-    h = torch.where(maxc == r, ((g - b) / d) % 6, torch.where(maxc == g, (b - r) / d + 2, (r - g) / d + 4)) / 6
-    return torch.stack([h % 1.0, s, maxc], 1)
-
-
-def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) HSV in [0, 1] -> RGB in [0, 1]."""
-    h, s, v = x.unbind(1)
-    k = torch.stack([(5 + h * 6) % 6, (3 + h * 6) % 6, (1 + h * 6) % 6], 1)
-    return v[:, None] - v[:, None] * s[:, None] * (torch.minimum(k, 4 - k).clamp(0, 1))
-
-
-def recolor(images: torch.Tensor, hues_deg: torch.Tensor) -> torch.Tensor:
-    """Images (B, 3, H, W) in [-1, 1] -> the same with every saturated pixel turned to hue (B,) degrees.
-
-    Saturation and value are kept, so shading and outlines survive; near-grey pixels (outlines, white
-    background, eyes) keep their colour. Saturation is raised a little where it was weak, so that a pale
-    yellow face turned blue reads as blue.
-    """
-    hsv = rgb_to_hsv((images.float() + 1) / 2)
-    h, s, v = hsv.unbind(1)
-    colourful = (s > 0.25) & (v > 0.15)
-    h = torch.where(colourful, (hues_deg / 360.0)[:, None, None].to(h), h)
-    s = torch.where(colourful, s.clamp(min=0.55), s)
-    return hsv_to_rgb(torch.stack([h, s, v], 1)) * 2 - 1
-
-
-def recolourable(label: str) -> bool:
-    return not _COLOUR_WORDS.search(label.lower())
+from ..images import COLOURS, hsv_to_rgb, recolor, recolourable, rgb_to_hsv  # noqa: F401 (re-exported)
 
 
 @dataclass
