@@ -312,3 +312,19 @@ def test_alternative_captions_are_trained_without_pixel_losses(tmp_path):
     batch = trainer.step_batch(0)
     assert all(trainer.data.captions[i].endswith("flat style") for i in batch.cap.tolist())
     assert batch.paired.all()
+
+
+def test_auto_precision_takes_bf16_only_where_the_cpu_computes_it_natively(monkeypatch):
+    """Emulated bf16 on an AVX2-only CPU made a training step about 8x slower than fp32, so "auto" (the default and
+    the recipes' choice) autocasts to bf16 only where the hardware has it; explicit choices are kept."""
+    from t2i_core.training import config as config_module
+    from t2i_core.training.config import autocast_dtype, load_recipe
+
+    assert TrainConfig().precision == "auto" and load_recipe("emoji64_exemplar_cpu").precision == "auto"
+    for native in (False, True):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda native=native: native)
+        assert autocast_dtype("auto", "cpu") == (torch.bfloat16 if native else None)
+        assert autocast_dtype("bf16", "cpu") == torch.bfloat16 and autocast_dtype("fp32", "cpu") is None
+        assert config_module.native_bf16("cpu") is native
+    with pytest.raises(ValueError, match="precision must be auto or one of"):
+        TrainConfig(precision="fp8").check()

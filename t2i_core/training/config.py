@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..models.folder import PRECISIONS
 from ..text import DEFAULT_TEXT_ENCODER
 
@@ -103,7 +105,8 @@ class TrainConfig:
     log_every: int = option(10, "write metrics every N steps")
     sample_prompts: tuple[str, ...] = option((), "prompts of the sample grid (default: 16 captions of the data)")
     device: str = option("cpu", "cpu or cuda")
-    precision: str = option("bf16", "autocast precision of forward passes: fp32, bf16 or fp16 (weights stay fp32)")
+    precision: str = option("auto", "autocast precision of forward passes: auto, fp32, bf16 or fp16 (weights stay "
+                                    "fp32); auto takes bf16 where the device computes it natively, else fp32")
     threads: int = option(0, "torch threads (0 = default)")
     resume: bool = option(False, "continue from the latest checkpoint in --out")
 
@@ -129,8 +132,8 @@ class TrainConfig:
     def check(self) -> None:
         if self.batch_size < 1 or self.max_steps < 0 or self.minutes < 0:
             raise ValueError("batch_size must be >= 1, max_steps and minutes >= 0")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+        if self.precision != "auto" and self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be auto or one of {sorted(PRECISIONS)}, got {self.precision!r}")
         if self.fit not in ("crop", "pad"):
             raise ValueError(f"fit must be 'crop' or 'pad', got {self.fit!r}")
         if not 0 <= self.caption_dropout < 1:
@@ -162,3 +165,21 @@ def read_options(name_or_path: str) -> dict:
 def load_recipe(name: str, **overrides) -> TrainConfig:
     """A shipped recipe, which must set every TrainConfig option (a test holds them to it), with overrides."""
     return TrainConfig.from_dict(read_options(name) | overrides)
+
+
+def native_bf16(device: str | torch.device) -> bool:
+    """Whether `device` computes bf16 natively: a CUDA GPU with bf16, or a CPU with AVX-512 BF16 or AMX. Elsewhere
+    (an AVX2-only CPU) autocast emulates bf16, and a training step took 10x longer than in fp32 (docs/BENCHMARKS.md)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def autocast_dtype(precision: str, device: str | torch.device) -> torch.dtype | None:
+    """The autocast dtype of a training precision on `device`; None for fp32 (no autocast)."""
+    if precision == "auto":
+        precision = "bf16" if native_bf16(device) else "fp32"
+    return None if precision == "fp32" else PRECISIONS[precision]

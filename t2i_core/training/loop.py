@@ -21,12 +21,12 @@ from ..data.loading import load_pairs
 from ..images import captioned_grid, to_pil
 from ..models.discriminator import Discriminator
 from ..models.bank import ExemplarBank
-from ..models.folder import (PRECISIONS, check_model_folder, default_model_path, load_bank, model_text_encoder,
+from ..models.folder import (check_model_folder, default_model_path, load_bank, model_text_encoder,
                              read_model_index)
 from ..models.generator import Generator
 from ..text import DEFAULT_TEXT_ENCODER, load_text_encoder
 from .checkpoints import TrainState, list_checkpoints, load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, autocast_dtype
 from .distributed import all_reduce_grads, dist_info, init_distributed
 from .log import Progress, RunLog, hardware_name
 from .loss import GANLoss
@@ -115,7 +115,7 @@ class Trainer:
             self.data.use_exemplars()
             self.bank = self._build_bank()
         self.state = TrainState()
-        self.autocast = PRECISIONS[cfg.precision] if cfg.precision != "fp32" else None
+        self.autocast = autocast_dtype(cfg.precision, self.device)
         self.loss = GANLoss(self.g, self.d, cfg, self._ctx)
         prompts = list(cfg.sample_prompts) or self.data.captions[:: max(1, len(self.data.captions) // 16)][:16]
         self.sample_prompts = prompts  # the same captions in every grid of the run, so progress shows
