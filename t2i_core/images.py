@@ -94,5 +94,14 @@ def recolor(images: torch.Tensor, hues_deg: torch.Tensor) -> torch.Tensor:
     return hsv_to_rgb(torch.stack([h, s, v], 1)) * 2 - 1
 
 
+def saturated_share(images: torch.Tensor, batch: int = 1024) -> torch.Tensor:
+    """uint8 images (N, 3, H, W) -> (N,) the share of pixels that `recolor` changes (saturated and not dark)."""
+    out = []
+    for start in range(0, len(images), batch):
+        hsv = rgb_to_hsv(images[start : start + batch].float() / 255)
+        out.append(((hsv[:, 1] > 0.25) & (hsv[:, 2] > 0.15)).float().mean(dim=(1, 2)))
+    return torch.cat(out) if out else torch.zeros(0)
+
+
 def recolourable(label: str) -> bool:
     return not _COLOUR_WORDS.search(label.lower())

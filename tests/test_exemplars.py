@@ -113,3 +113,23 @@ def test_training_with_exemplars_resumes_and_ships_its_pairs_as_the_bank(tmp_pat
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
     assert a["exemplar_in.8.weight"].abs().sum() > 0
     assert T2IPipeline.from_pretrained(full).bank.captions == pipe.bank.captions
+
+
+def test_black_and_white_drawings_are_never_recoloured():
+    """Recolouring leaves a drawing without saturated pixels as it is, so captioning it "a blue cat face" would
+    teach a falsehood: such images (the high-contrast style) are never picked for recolouring."""
+    from t2i_core.images import saturated_share
+    from t2i_core.training.pairs import MIN_COLOURFUL
+
+    images = torch.full((4, 3, 8, 8), 255, dtype=torch.uint8)
+    images[:2, :, 2:6, 2:6] = 0  # black outlines on white
+    images[2:, 0, 2:6, 2:6] = 230  # a red square
+    images[2:, 1:, 2:6, 2:6] = 20
+    share = saturated_share(images)
+    assert torch.allclose(share, torch.tensor([0.0, 0.0, 0.25, 0.25]))
+    colourful = share >= MIN_COLOURFUL
+    group_ids = torch.tensor([0, 1, 0, 1])
+    sampler = ExemplarSampler(group_ids, ["cat face", "apple"], torch.randn(2, 16), neighbours=1, colourful=colourful)
+    idx = torch.arange(4).repeat(50)
+    picks = sampler.pick(idx, torch.Generator().manual_seed(0), recolour_prob=0.5)
+    assert not picks.recolour[idx < 2].any() and picks.recolour[idx >= 2].float().mean() > 0.3

@@ -34,11 +34,14 @@ class ExemplarSampler:
     group_ids (N,) per image; group_names (G,); group_pooled (G, D) the sentence vectors of the group names;
     style_ids (N,) optional: a neighbouring group's exemplar is taken in the target's style where it has one
     (an orange heart drawn from the red heart of the same artwork set), since pixels of one style line up.
+    colourful (N,) bool optional: images that recolouring changes; only they are recoloured (a black-and-white
+    drawing, such as the high-contrast style, would otherwise be captioned "a blue ..." unchanged).
     """
 
     def __init__(self, group_ids: torch.Tensor, group_names: list[str], group_pooled: torch.Tensor,
-                 neighbours: int = 8, style_ids: torch.Tensor | None = None):
+                 neighbours: int = 8, style_ids: torch.Tensor | None = None, colourful: torch.Tensor | None = None):
         self.group_ids, self.group_names = group_ids, group_names
+        self.colourful = colourful if colourful is not None else torch.ones(len(group_ids), dtype=torch.bool)
         self.style_ids = style_ids if style_ids is not None else torch.zeros_like(group_ids)
         n_groups = len(group_names)
         order = torch.argsort(group_ids)
@@ -81,7 +84,7 @@ class ExemplarSampler:
         colour_names = list(COLOURS)
         colour_pick = torch.randint(len(colour_names), (b,), generator=gen)
         groups = self.group_ids[idx]
-        recolour = (u[:, 0] < recolour_prob) & self.recolourable[groups]
+        recolour = (u[:, 0] < recolour_prob) & self.recolourable[groups] & self.colourful[idx]
         colours: list[str | None] = []
         for i in range(b):
             target, group = int(idx[i]), int(groups[i])

@@ -8,10 +8,15 @@ import torch
 import torch.nn.functional as F
 
 from ..data.loading import images_to_tensor
+from ..images import saturated_share
 from ..text import TextEmbedding
 from ..models.bank import ExemplarBank
 from .augment import AugmentParams
 from .exemplars import COLOURS, ExemplarPicks, ExemplarSampler, recolor, recoloured_caption
+
+
+# Images with fewer saturated pixels than this are never recoloured (`ExemplarSampler`'s colourful).
+MIN_COLOURFUL = 0.03
 
 
 class PairData:
@@ -43,7 +48,7 @@ class PairData:
         index = {style: i for i, style in enumerate(sorted(set(styles)))}
         style_ids = torch.tensor([index[style] for style in styles])
         self.sampler = ExemplarSampler(self.group_ids, self.group_names, self.text.pooled[self.group_name_ids].cpu(),
-                                       style_ids=style_ids)
+                                       style_ids=style_ids, colourful=saturated_share(self.images) >= MIN_COLOURFUL)
         return self
 
     def bank(self) -> ExemplarBank:
