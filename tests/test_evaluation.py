@@ -288,11 +288,13 @@ def test_eval_command_with_free_form_prompts(shapes_corpus, tiny_model_dir, tiny
     words = ["a red ball", "a green box", "a blue kite", "an orange star", "a purple moon"]
     prompts.write_text("".join(json.dumps({"id": i, "prompt": p}) + "\n" for i, p in enumerate(words)))
     out = run_eval(["--model", str(tiny_model_dir), "--data", str(shapes_corpus), "--prompts", str(prompts),
-                    "--scorer", str(tiny_scorer_dir), "--samples", "3", "--json", str(tmp_path / "r.json")], capsys)
+                    "--scorer", str(tiny_scorer_dir), "--samples", "3", "--json", str(tmp_path / "r.json"),
+                    "--exemplars", "0"], capsys)
     rows = table_rows(out)
     assert set(rows) == {"generated", "retrieval", "random"}
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["mode"] == "prompts" and report["candidates"] == 5  # distractors: the 4 other prompts
+    assert report["exemplars"] == 0
     for name, figures in report["rows"].items():
         assert figures["images"] == 15 and figures["frechet_distance"] is None
         # Which prompts fail: one R@1 per prompt, averaging to the row's (every prompt has 3 images).
@@ -317,6 +319,9 @@ def test_eval_command_errors_say_what_to_do(shapes_corpus, tiny_model_dir, tiny_
                                             "--scorer", str(tmp_path / "none")]))
     with pytest.raises(ValueError, match="--data"):
         run_eval_command(parser.parse_args(["--model", str(tiny_model_dir)]))
+    with pytest.raises(ValueError, match="no exemplar bank to draw on; pass exemplars=0"):
+        run_eval_command(parser.parse_args(["--model", str(tiny_model_dir), "--data", str(shapes_corpus),
+                                            "--scorer", str(tiny_scorer_dir), "--exemplars", "1"]))
     with pytest.raises(ValueError, match="does not exist"):
         run_eval_command(parser.parse_args(["--data", str(tmp_path / "nowhere"), "--scorer", str(tiny_scorer_dir)]))
 

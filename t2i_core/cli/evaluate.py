@@ -27,6 +27,9 @@ def add_eval_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples, distractors and random row (default 0)")
     parser.add_argument("--truncation", type=float, default=1.0, help="truncation psi of the generated samples (default 1)")
     parser.add_argument("--guidance", type=float, default=1.0, help="guidance of the generated samples (default 1)")
+    parser.add_argument("--exemplars", type=int, default=None, metavar="K", choices=range(4),
+                        help="bank entries each generated image draws on (default: the model's default, 1 with a "
+                             "bank; 0: the text alone)")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="evaluate at most N captions/prompts (a seeded random subset; default all)")
     parser.add_argument("--json", default=None, metavar="OUT.json", help="also write the figures here")
@@ -101,9 +104,10 @@ def _run_eval(args, scorer_dir: Path, test_dir: Path | None, train_dir: Path | N
 
     compositional, names = _compositional_set(args.prompts, train_dir)
     report = evaluate(pipe, scorer, eval_set, train, args.samples, args.num_distractors, args.seed,
-                      truncation=args.truncation, guidance=args.guidance, compositional=compositional, names=names)
+                      truncation=args.truncation, guidance=args.guidance, compositional=compositional, names=names,
+                      exemplars=args.exemplars)
     report.update({"model": str(args.model or "default"), "scorer": str(scorer_dir),
-                   "truncation": args.truncation, "guidance": args.guidance,
+                   "truncation": args.truncation, "guidance": args.guidance, "exemplars": args.exemplars,
                    "data": None if args.data is None else str(args.data),
                    "prompts": None if args.prompts is None else str(args.prompts)})
     print(format_report(report))

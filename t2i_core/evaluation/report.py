@@ -137,12 +137,13 @@ class RowImages:
 
 
 def generated_images(pipe, captions: list[str], samples: int, seed: int, log=print, truncation: float = 1.0,
-                     guidance: float = 1.0) -> torch.Tensor:
-    """`samples` images per caption (image k uses seed + k), caption-major: (T * samples, 3, R, R) uint8."""
+                     guidance: float = 1.0, exemplars: int | None = None) -> torch.Tensor:
+    """`samples` images per caption (image k uses seed + k), caption-major: (T * samples, 3, R, R) uint8.
+    exemplars: bank entries each image draws on (None: the pipeline's default; 0: the text alone)."""
     chunk, out = 16, []
     for start in range(0, len(captions), chunk):
         result = pipe(captions[start : start + chunk], num_images=samples, seed=seed, batch_size=64,
-                      truncation=truncation, guidance=guidance)
+                      truncation=truncation, guidance=guidance, exemplars=exemplars)
         out.append(pil_to_uint8(result.images))
         if start and start % (chunk * 16) == 0:
             log(f"  generated {start * samples} / {len(captions) * samples}")
@@ -211,9 +212,10 @@ def score_row(row: RowImages, feats: torch.Tensor, text_feats: torch.Tensor, dis
 
 def evaluate(pipe, scorer, eval_set: EvalSet, train: TrainingImages | None, samples: int = 4,
              num_distractors: int = 99, seed: int = 0, log=print, truncation: float = 1.0, guidance: float = 1.0,
-             compositional: list[dict] | None = None, names: list[str] | None = None) -> dict:
+             compositional: list[dict] | None = None, names: list[str] | None = None,
+             exemplars: int | None = None) -> dict:
     """Score the generated, real, retrieval and random rows on `eval_set`; returns the report dict (see `format_report`).
-    truncation and guidance are the sampling settings of the generated row. With a training split, also the copy
+    truncation, guidance and exemplars are the sampling settings of the generated row. With a training split, also the copy
     check (`copies`); with `compositional` rows ({"prompt", "object", "colour"}, see `compositional`), their colour
     and object checks, the objects ranked among `names` (the corpus's emoji names)."""
     notes = list(eval_set.notes)
@@ -232,7 +234,7 @@ def evaluate(pipe, scorer, eval_set: EvalSet, train: TrainingImages | None, samp
 
     log(f"generating {samples} image(s) for each of {k} captions")
     fd_idx = fd_pairing(eval_set.image_caption, samples) if real else None
-    rows = {"generated": RowImages(generated_images(pipe, captions, samples, seed, log, truncation, guidance),
+    rows = {"generated": RowImages(generated_images(pipe, captions, samples, seed, log, truncation, guidance, exemplars),
                                    torch.arange(k).repeat_interleave(samples), fd_idx)}
     if real:
         rows["real"] = RowImages(eval_set.images, eval_set.image_caption)
