@@ -14,7 +14,10 @@ import pytest
 from PIL import Image
 
 from t2i_app import RunManager
-from t2i_app.limits import OwnerIds, RateLimiter, ServerLimits, TrainingQuota, prompt_problem
+from t2i_app.limits import (
+    PRIVATE_NETWORKS, Gate, OwnerIds, RateLimiter, ServerLimits, TrainingQuota, client_address, prompt_problem,
+    trust_space_proxy,
+)
 from t2i_app.retention import tree_bytes
 from t2i_app.views import identify
 from t2i_core.data.loading import UploadLimits
@@ -97,6 +100,52 @@ def test_one_clients_burst_is_throttled_while_another_still_succeeds():
     assert limiter.refusal("visitor") is None
     clock[0] += 2.0  # one request's worth at 30 a minute
     assert limiter.refusal("flooder") is None and limiter.refusal("flooder") is not None
+
+
+def test_one_address_is_throttled_under_any_number_of_identities_while_other_addresses_still_succeed(monkeypatch):
+    gate = Gate(ServerLimits(requests_per_minute=30, burst=10, ip_requests_per_minute=60, ip_burst=20))
+    clock = [0.0]
+    gate.limiter.clock = gate.ip_limiter.clock = lambda: clock[0]
+    # A flood from one address, every request under a fresh identity: the per-identity rate never binds.
+    answers = [gate.refusal(["a cat"], f"forged-{i}", client="203.0.113.9") for i in range(100)]
+    assert answers[:20] == [None] * 20
+    assert all(a == "Too many requests from your address at once; wait 1 s and try again." for a in answers[20:])
+    # Other visitors, at other addresses, are not held by it; neither is the flooder's address charged for refusals.
+    for i in range(5):
+        assert gate.refusal(["a dog"], f"visitor-{i}", client=f"198.51.100.{i}") is None
+    clock[0] += 1.0  # one request's worth at 60 a minute
+    assert gate.refusal(["a cat"], "forged-new", client="203.0.113.9") is None
+    assert "wait 1 s" in gate.refusal(["a cat"], "forged-newer", client="203.0.113.9")
+    # One identity flooding is held by its own rate first, with the wait it needs; nothing of the address is spent.
+    waits = [gate.refusal(["a"], "one-owner", client="192.0.2.1") for _ in range(12)]
+    assert waits[:10] == [None] * 10 and waits[10] == "Too many requests from you at once; wait 2 s and try again."
+    assert gate.ip_limiter.wait_s("192.0.2.1", 10, charge=False) == 0.0  # 10 of its 20 left
+    # A refused prompt costs nothing either; a rate of 0 turns that limit off.
+    assert "characters long" in gate.refusal(["x" * 501], "p", client="192.0.2.2")
+    off = Gate(ServerLimits(ip_requests_per_minute=0))
+    assert all(off.refusal(["a"], f"id-{i}", client="203.0.113.9") is None for i in range(200))
+    monkeypatch.setenv("T2I_IP_RATE_PER_MIN", "6")
+    monkeypatch.setenv("T2I_IP_RATE_BURST", "3")
+    assert (ServerLimits.from_env().ip_requests_per_minute, ServerLimits.from_env().ip_burst) == (6.0, 3)
+
+
+def test_the_address_is_the_requests_and_a_space_trusts_its_proxy_for_it():
+    assert client_address(SimpleNamespace(client=SimpleNamespace(host="198.51.100.7"))) == "198.51.100.7"
+    assert client_address(None) is None and client_address(SimpleNamespace(client=None)) is None
+    env = {}
+    trust_space_proxy(env)
+    assert env == {}  # not a Space: uvicorn's own default (localhost only) stays
+    env = {"SPACE_ID": "someone/t2i"}
+    trust_space_proxy(env)
+    assert env["FORWARDED_ALLOW_IPS"] == PRIVATE_NETWORKS and "10.0.0.0/8" in PRIVATE_NETWORKS
+    env = {"SPACE_ID": "someone/t2i", "FORWARDED_ALLOW_IPS": "10.1.2.3"}
+    trust_space_proxy(env)
+    assert env["FORWARDED_ALLOW_IPS"] == "10.1.2.3"  # the operator's setting wins
+    # What uvicorn then does with it: the right-most address that is not a trusted proxy is the visitor's.
+    from uvicorn.middleware.proxy_headers import _TrustedHosts
+
+    hosts = _TrustedHosts(PRIVATE_NETWORKS)
+    assert hosts.get_trusted_client_address("1.2.3.4, 198.51.100.7, 10.16.3.80")[0] == "198.51.100.7"
 
 
 def test_prompt_length_is_limited_before_any_work():
