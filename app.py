@@ -28,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import gradio as gr  # noqa: E402
 
 from t2i_app import DEFAULT_MODEL_KEY, RUNNING, SCRATCH_KEY, BusyError, PipelineCache, RunManager  # noqa: E402
-from t2i_app.limits import Gate, client_address, trust_space_proxy  # noqa: E402
+from t2i_app.limits import Gate, animate_cost, client_address, generate_cost, trust_space_proxy  # noqa: E402
 from t2i_app.views import (  # noqa: E402
     CREDITS, CSS, EMPTY_PROMPT, EXAMPLES, FINETUNE_INTRO, GUIDANCE_HINT, NO_DEFAULT_MODEL, NO_RUN_YET, READ_LOSSES,
     SIZES, about_sections, chosen_seed, exemplar_items, first_value, identify, loss_frame, model_label, new_sample,
@@ -98,8 +98,8 @@ def on_load(owner: str | None, request: gr.Request):
 # Pure functions: Generate and Animate.
 
 
-def _pipeline(model_key: str | None, owner: str, prompts: list, request, cost: float = 1.0):
-    # Before any work: a refused prompt never reaches the text encoder. Rates: per owner and per IP address.
+def _pipeline(model_key: str | None, owner: str, prompts: list, request, cost: float):
+    # Before any work: a refused prompt never reaches the text encoder. Rates: per owner and per IP, cost by pixels.
     gate.check(prompts, owner, cost, client_address(request))
     if not model_key:
         raise ValueError("No model is available yet: fine-tune one in the Fine-tune tab (start from scratch).")
@@ -113,7 +113,7 @@ def generate(prompt, model_key, seed, randomize, num_images, truncation, guidanc
         gr.Warning(EMPTY_PROMPT)
         return [], gr.skip(), f"⚠ {EMPTY_PROMPT}", []
     try:
-        pipe = _pipeline(model_key, owner_of(owner, request), [prompt], request)
+        pipe = _pipeline(model_key, owner_of(owner, request), [prompt], request, generate_cost(num_images, size))
         used = chosen_seed(seed, randomize)
         with manager.visitors_first():  # a fine-tune pauses while this runs
             out = pipe(prompt, num_images=int(num_images), seed=used, truncation=float(truncation),
@@ -132,7 +132,7 @@ def animate(p1, p2, p3, p4, frames, fps, seed, randomize, truncation, model_key,
         gr.Warning(EMPTY_PROMPT)
         return None, None, gr.skip(), f"⚠ {EMPTY_PROMPT}"
     try:
-        pipe = _pipeline(model_key, owner_of(owner, request), prompts, request, cost=2.0)
+        pipe = _pipeline(model_key, owner_of(owner, request), prompts, request, animate_cost(frames, size))
         used = chosen_seed(seed, randomize)
         with manager.visitors_first():
             images = pipe.interpolate(prompts, frames=int(frames), seed=used, truncation=float(truncation),

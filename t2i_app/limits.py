@@ -60,7 +60,8 @@ class RateLimiter:
 
     def wait_s(self, key: str, cost: float = 1.0, charge: bool = True) -> float:
         """0 if `key` may go now (and, with `charge`, the request is charged); else the seconds to wait (nothing
-        charged)."""
+        charged). A request never costs more than a full bucket: the heaviest ones wait for one."""
+        cost = min(float(cost), float(self.burst))
         with self._lock:
             now = self.clock()
             tokens, when = self._buckets.get(key, (float(self.burst), now))
@@ -81,6 +82,24 @@ class RateLimiter:
         full = [k for k, (tokens, when) in self._buckets.items() if tokens + (now - when) * self.rate >= self.burst]
         for key in full:
             del self._buckets[key]
+
+
+# What a request costs, in proportion to the pixels it makes: the page's defaults cost 1 (generate: 4 images at
+# 256 px) and 2 (animate: 24 frames at 256 px, each written to three files). A display size of 0 (the model's own)
+# counts as 256. A 120-frame animation at 512 px costs 40: the most one address may send at once.
+def generate_cost(num_images, size) -> float:
+    return max(1.0, _pixels(num_images, size) / (4 * 256**2))
+
+
+def animate_cost(frames, size) -> float:
+    return 2.0 * max(1.0, _pixels(frames, size) / (24 * 256**2))
+
+
+def _pixels(count, size) -> float:
+    try:
+        return max(1, int(count)) * max(64, int(size or 256)) ** 2
+    except (TypeError, ValueError, OverflowError):
+        return 0.0  # not a number: gradio or the pipeline refuses it, at the least cost
 
 
 def too_many(who: str, wait_s: float) -> str:

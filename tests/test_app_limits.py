@@ -15,8 +15,8 @@ from PIL import Image
 
 from t2i_app import RunManager
 from t2i_app.limits import (
-    PRIVATE_NETWORKS, Gate, OwnerIds, RateLimiter, ServerLimits, TrainingQuota, client_address, prompt_problem,
-    trust_space_proxy,
+    PRIVATE_NETWORKS, Gate, OwnerIds, RateLimiter, ServerLimits, TrainingQuota, animate_cost, client_address,
+    generate_cost, prompt_problem, trust_space_proxy,
 )
 from t2i_app.retention import tree_bytes
 from t2i_app.views import identify
@@ -127,6 +127,23 @@ def test_one_address_is_throttled_under_any_number_of_identities_while_other_add
     monkeypatch.setenv("T2I_IP_RATE_PER_MIN", "6")
     monkeypatch.setenv("T2I_IP_RATE_BURST", "3")
     assert (ServerLimits.from_env().ip_requests_per_minute, ServerLimits.from_env().ip_burst) == (6.0, 3)
+
+
+def test_a_request_costs_in_proportion_to_the_pixels_it_makes():
+    assert (generate_cost(4, 256), generate_cost(1, 0), generate_cost(16, 512)) == (1, 1, 16)
+    assert (animate_cost(24, 256), animate_cost(120, 512), animate_cost("many", None)) == (2, 40, 2)
+    gate = Gate(ServerLimits(requests_per_minute=30, burst=10, ip_requests_per_minute=120, ip_burst=40))
+    clock = [0.0]
+    gate.limiter.clock = gate.ip_limiter.clock = lambda: clock[0]
+    heaviest = animate_cost(120, 512)
+    # It takes a whole bucket, of the identity (10) and of the address (40): one at once, then a wait.
+    assert gate.refusal(["a"], "alice", heaviest, "192.0.2.5") is None
+    assert "wait 20 s" in gate.refusal(["a"], "alice", heaviest, "192.0.2.5")
+    assert gate.refusal(["a"], "bob", heaviest, "192.0.2.5") == (
+        "Too many requests from your address at once; wait 20 s and try again.")  # new identities do not help
+    assert gate.refusal(["a"], "carol", generate_cost(4, 256), "198.51.100.3") is None  # elsewhere, the defaults
+    clock[0] += 20.0
+    assert gate.refusal(["a"], "bob", heaviest, "192.0.2.5") is None
 
 
 def test_the_address_is_the_requests_and_a_space_trusts_its_proxy_for_it():
