@@ -28,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import gradio as gr  # noqa: E402
 
 from t2i_app import DEFAULT_MODEL_KEY, RUNNING, SCRATCH_KEY, BusyError, PipelineCache, RunManager  # noqa: E402
-from t2i_app.limits import Gate, animate_cost, client_address, generate_cost, trust_space_proxy  # noqa: E402
+from t2i_app.limits import Gate, animate_cost, client_address, door_guard, generate_cost  # noqa: E402
 from t2i_app.views import (  # noqa: E402
     CREDITS, CSS, EMPTY_PROMPT, EXAMPLES, FINETUNE_INTRO, GUIDANCE_HINT, NO_DEFAULT_MODEL, NO_RUN_YET, READ_LOSSES,
     SIZES, about_sections, chosen_seed, exemplar_items, first_value, identify, loss_frame, model_label, new_sample,
@@ -372,11 +372,11 @@ def main() -> None:
     atexit.register(manager.shutdown)
     # SIGTERM (a Space restarting, a test ending) runs atexit too, so a live run keeps its last checkpoint.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    trust_space_proxy()  # on a Space, visitors' addresses come from its proxy's X-Forwarded-For
     demo.launch(
         server_name=os.environ.get("GRADIO_SERVER_NAME") or "0.0.0.0",
         server_port=int(os.environ.get("GRADIO_SERVER_PORT") or 7860),
         max_file_size=f"{MAX_UPLOAD_MB}mb",
+        app_kwargs=door_guard(manager.server_limits),  # per-address queue admission; a Space's proxy trusted
         # Served files: only fresh random folders of downloads; never runs, uploads or the browser secret.
         allowed_paths=[str(manager.outputs_dir)],
         blocked_paths=[str(manager.runs_dir), str(manager.uploads_dir), str(manager.root / ".browser_secret")],

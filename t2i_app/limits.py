@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+import math
 import os
 import secrets
 import threading
@@ -30,6 +32,8 @@ class ServerLimits:
     client_train_minutes: float = 120.0  # training time one client (IP address) may start per day
     ip_requests_per_minute: float = 120.0  # generate/animate/uploads per IP address, whatever its owner ids; 0 = off
     ip_burst: int = 40  # requests one address may send at once before its rate applies
+    ip_joins_per_minute: float = 600.0  # events (any: page polls too) one address may add to the queue; 0 = off
+    ip_join_burst: int = 60
 
     @classmethod
     def from_env(cls) -> "ServerLimits":
@@ -37,7 +41,8 @@ class ServerLimits:
         return cls(int(env("T2I_MAX_PROMPT_CHARS") or 500), float(env("T2I_RATE_PER_MIN") or 30),
                    int(env("T2I_RATE_BURST") or 10), float(env("T2I_MAX_RUN_MINUTES") or 60),
                    float(env("T2I_CLIENT_TRAIN_MINUTES") or 120), float(env("T2I_IP_RATE_PER_MIN") or 120),
-                   int(env("T2I_IP_RATE_BURST") or 40))
+                   int(env("T2I_IP_RATE_BURST") or 40), float(env("T2I_IP_JOINS_PER_MIN") or 600),
+                   int(env("T2I_IP_JOIN_BURST") or 60))
 
 
 def prompt_problem(prompts: list, max_chars: int) -> str | None:
@@ -124,6 +129,39 @@ def trust_space_proxy(environ=os.environ) -> None:
     rather than the proxy. An operator's own FORWARDED_ALLOW_IPS is kept. Call before launching."""
     if environ.get("SPACE_ID"):
         environ.setdefault("FORWARDED_ALLOW_IPS", PRIVATE_NETWORKS)
+
+
+class QueueAdmission:
+    """ASGI middleware: the events one IP address may add to the server's queue (POST .../queue/join), at
+    `limiter`'s rate. Beyond it a join is answered 429 with the wait, before it takes a place in the queue: gradio
+    has one queue for everybody and refuses every visitor while it is full, so one address must not fill it."""
+
+    def __init__(self, app, limiter: RateLimiter):
+        self.app, self.limiter = app, limiter
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope.get("method") == "POST" and scope.get("path", "").endswith("/queue/join"):
+            host = (scope.get("client") or ("",))[0]
+            wait = self.limiter.wait_s(host) if host else 0.0
+            if wait:
+                body = json.dumps({"detail": "⚠ " + too_many("your address", wait)}).encode()
+                headers = [(b"content-type", b"application/json"), (b"retry-after", str(math.ceil(wait)).encode())]
+                await send({"type": "http.response.start", "status": 429, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+def door_guard(limits: ServerLimits) -> dict:
+    """The per-address limits at the server's door, for `launch(app_kwargs=...)`: on a Space, visitors' addresses
+    taken from its proxy (trust_space_proxy), and QueueAdmission unless its rate is 0."""
+    from starlette.middleware import Middleware
+
+    trust_space_proxy()
+    if limits.ip_joins_per_minute <= 0:
+        return {}
+    limiter = RateLimiter(limits.ip_joins_per_minute, limits.ip_join_burst)
+    return {"middleware": [Middleware(QueueAdmission, limiter=limiter)]}
 
 
 class Gate:

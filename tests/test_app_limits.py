@@ -15,8 +15,8 @@ from PIL import Image
 
 from t2i_app import RunManager
 from t2i_app.limits import (
-    PRIVATE_NETWORKS, Gate, OwnerIds, RateLimiter, ServerLimits, TrainingQuota, animate_cost, client_address,
-    generate_cost, prompt_problem, trust_space_proxy,
+    PRIVATE_NETWORKS, Gate, OwnerIds, QueueAdmission, RateLimiter, ServerLimits, TrainingQuota, animate_cost,
+    client_address, door_guard, generate_cost, prompt_problem, trust_space_proxy,
 )
 from t2i_app.retention import tree_bytes
 from t2i_app.views import identify
@@ -144,6 +144,41 @@ def test_a_request_costs_in_proportion_to_the_pixels_it_makes():
     assert gate.refusal(["a"], "carol", generate_cost(4, 256), "198.51.100.3") is None  # elsewhere, the defaults
     clock[0] += 20.0
     assert gate.refusal(["a"], "bob", heaviest, "192.0.2.5") is None
+
+
+def test_one_address_cannot_fill_the_queue_that_every_visitor_shares():
+    import asyncio
+    import json
+
+    passed = []
+
+    async def app(scope, receive, send):
+        passed.append((scope["client"][0], scope["path"]))
+
+    door = QueueAdmission(app, RateLimiter(per_minute=600, burst=5))
+
+    def call(host: str, path: str = "/gradio_api/queue/join", method: str = "POST") -> list[dict]:
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": method, "path": path, "client": (host, 40000)}
+        asyncio.run(door(scope, None, send))
+        return sent
+
+    answers = [call("203.0.113.9") for _ in range(50)]
+    assert answers[:5] == [[]] * 5 and len(passed) == 5  # the first five joined the queue
+    refused = answers[5]
+    assert refused[0]["status"] == 429 and (b"retry-after", b"1") in refused[0]["headers"]
+    assert json.loads(refused[1]["body"])["detail"] == (
+        "⚠ Too many requests from your address at once; wait 1 s and try again.")
+    assert all(a and a[0]["status"] == 429 for a in answers[5:]) and len(passed) == 5  # none reached the queue
+    # Another address joins; the flooder's page, files and event streams are served as usual.
+    assert call("198.51.100.4") == [] and call("203.0.113.9", "/gradio_api/queue/data", "GET") == []
+    assert call("203.0.113.9", "/gradio_api/upload") == [] and len(passed) == 8
+    assert door_guard(ServerLimits(ip_joins_per_minute=0)) == {}
+    assert door_guard(ServerLimits())["middleware"][0].cls is QueueAdmission
 
 
 def test_the_address_is_the_requests_and_a_space_trusts_its_proxy_for_it():
