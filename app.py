@@ -27,10 +27,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import gradio as gr  # noqa: E402
 
-from t2i_app import (  # noqa: E402
-    DEFAULT_MODEL_KEY, RUNNING, SCRATCH_KEY, BusyError, PipelineCache, RunManager,
-)
-from t2i_app.limits import Gate  # noqa: E402
+from t2i_app import DEFAULT_MODEL_KEY, RUNNING, SCRATCH_KEY, BusyError, PipelineCache, RunManager  # noqa: E402
+from t2i_app.limits import Gate, animate_cost, client_address, door_guard, generate_cost  # noqa: E402
 from t2i_app.views import (  # noqa: E402
     CREDITS, CSS, EMPTY_PROMPT, EXAMPLES, FINETUNE_INTRO, GUIDANCE_HINT, NO_DEFAULT_MODEL, NO_RUN_YET, READ_LOSSES,
     SIZES, about_sections, chosen_seed, exemplar_items, first_value, identify, loss_frame, model_label, new_sample,
@@ -100,8 +98,9 @@ def on_load(owner: str | None, request: gr.Request):
 # Pure functions: Generate and Animate.
 
 
-def _pipeline(model_key: str | None, owner: str, prompts: list, cost: float = 1.0):
-    gate.check(prompts, owner, cost)  # before any work: a refused prompt never reaches the text encoder
+def _pipeline(model_key: str | None, owner: str, prompts: list, request, cost: float):
+    # Before any work: a refused prompt never reaches the text encoder. Rates: per owner and per IP, cost by pixels.
+    gate.check(prompts, owner, cost, client_address(request))
     if not model_key:
         raise ValueError("No model is available yet: fine-tune one in the Fine-tune tab (start from scratch).")
     return pipelines.get(manager.resolve_model(model_key, owner))
@@ -114,7 +113,7 @@ def generate(prompt, model_key, seed, randomize, num_images, truncation, guidanc
         gr.Warning(EMPTY_PROMPT)
         return [], gr.skip(), f"⚠ {EMPTY_PROMPT}", []
     try:
-        pipe = _pipeline(model_key, owner_of(owner, request), [prompt])
+        pipe = _pipeline(model_key, owner_of(owner, request), [prompt], request, generate_cost(num_images, size))
         used = chosen_seed(seed, randomize)
         with manager.visitors_first():  # a fine-tune pauses while this runs
             out = pipe(prompt, num_images=int(num_images), seed=used, truncation=float(truncation),
@@ -133,7 +132,7 @@ def animate(p1, p2, p3, p4, frames, fps, seed, randomize, truncation, model_key,
         gr.Warning(EMPTY_PROMPT)
         return None, None, gr.skip(), f"⚠ {EMPTY_PROMPT}"
     try:
-        pipe = _pipeline(model_key, owner_of(owner, request), prompts, cost=2.0)
+        pipe = _pipeline(model_key, owner_of(owner, request), prompts, request, animate_cost(frames, size))
         used = chosen_seed(seed, randomize)
         with manager.visitors_first():
             images = pipe.interpolate(prompts, frames=int(frames), seed=used, truncation=float(truncation),
@@ -154,7 +153,7 @@ def check_data(files, owner, request: gr.Request):
     """Uploaded files -> (the loader's report, the upload id or None, the suggested fit for non-square pictures)."""
     if not files:
         return "Upload a .zip, or images with captions, to see what will be used.", None, None
-    if problem := gate.refusal([], owner_of(owner, request), cost=2.0):
+    if problem := gate.refusal([], owner_of(owner, request), cost=2.0, client=client_address(request)):
         gr.Warning(problem)
         return f"⚠ {problem}", None, None
     upload = manager.prepare_upload(files, owner_of(owner, request))
@@ -171,7 +170,7 @@ def start_training(upload_id, base, name, share, minutes, steps, lr, batch_size,
     try:
         info = manager.start(owner, upload_id, base or SCRATCH_KEY, max_steps=int(steps), minutes=float(minutes),
                              lr=float(lr), batch_size=int(batch_size), name=name or "", shared=bool(share), fit=fit,
-                             client=getattr(getattr(request, "client", None), "host", None))
+                             client=client_address(request))
     except (BusyError, ValueError) as error:
         gr.Warning(str(error))
         return f"⚠ {error}", gr.skip()
@@ -377,6 +376,7 @@ def main() -> None:
         server_name=os.environ.get("GRADIO_SERVER_NAME") or "0.0.0.0",
         server_port=int(os.environ.get("GRADIO_SERVER_PORT") or 7860),
         max_file_size=f"{MAX_UPLOAD_MB}mb",
+        app_kwargs=door_guard(manager.server_limits),  # per-address queue admission; a Space's proxy trusted
         # Served files: only fresh random folders of downloads; never runs, uploads or the browser secret.
         allowed_paths=[str(manager.outputs_dir)],
         blocked_paths=[str(manager.runs_dir), str(manager.uploads_dir), str(manager.root / ".browser_secret")],

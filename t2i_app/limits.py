@@ -1,5 +1,6 @@
-"""What one visitor may ask of the server: prompt length, request rates per client, training time per client, and
-the owner ids the server issues and signs. Pure Python (no gradio), so every rule is unit-testable.
+"""What one visitor may ask of the server: prompt length, request rates per identity and per IP address, training
+time per address, and the owner ids the server issues and signs. Pure Python (no gradio), so every rule is
+unit-testable.
 
 Every limit has an environment variable (read by `ServerLimits.from_env`) and is documented in docs/SECURITY.md.
 """
@@ -8,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
+import math
 import os
 import secrets
 import threading
@@ -27,13 +30,19 @@ class ServerLimits:
     burst: int = 10  # requests a client may send at once before the rate applies
     max_run_minutes: float = 60.0  # a run's time budget; 0 ("no limit") means this
     client_train_minutes: float = 120.0  # training time one client (IP address) may start per day
+    ip_requests_per_minute: float = 120.0  # generate/animate/uploads per IP address, whatever its owner ids; 0 = off
+    ip_burst: int = 40  # requests one address may send at once before its rate applies
+    ip_joins_per_minute: float = 600.0  # events (any: page polls too) one address may add to the queue; 0 = off
+    ip_join_burst: int = 60
 
     @classmethod
     def from_env(cls) -> "ServerLimits":
         env = os.environ.get
         return cls(int(env("T2I_MAX_PROMPT_CHARS") or 500), float(env("T2I_RATE_PER_MIN") or 30),
                    int(env("T2I_RATE_BURST") or 10), float(env("T2I_MAX_RUN_MINUTES") or 60),
-                   float(env("T2I_CLIENT_TRAIN_MINUTES") or 120))
+                   float(env("T2I_CLIENT_TRAIN_MINUTES") or 120), float(env("T2I_IP_RATE_PER_MIN") or 120),
+                   int(env("T2I_IP_RATE_BURST") or 40), float(env("T2I_IP_JOINS_PER_MIN") or 600),
+                   int(env("T2I_IP_JOIN_BURST") or 60))
 
 
 def prompt_problem(prompts: list, max_chars: int) -> str | None:
@@ -54,8 +63,10 @@ class RateLimiter:
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, when)
         self._lock = threading.Lock()
 
-    def wait_s(self, key: str, cost: float = 1.0) -> float:
-        """0 and one request charged if `key` may go now; else the seconds to wait (nothing charged)."""
+    def wait_s(self, key: str, cost: float = 1.0, charge: bool = True) -> float:
+        """0 if `key` may go now (and, with `charge`, the request is charged); else the seconds to wait (nothing
+        charged). A request never costs more than a full bucket: the heaviest ones wait for one."""
+        cost = min(float(cost), float(self.burst))
         with self._lock:
             now = self.clock()
             tokens, when = self._buckets.get(key, (float(self.burst), now))
@@ -63,16 +74,14 @@ class RateLimiter:
             if tokens < cost:
                 self._buckets[key] = (tokens, now)
                 return (cost - tokens) / self.rate if self.rate > 0 else float("inf")
-            self._buckets[key] = (tokens - cost, now)
+            self._buckets[key] = (tokens - cost if charge else tokens, now)
             if len(self._buckets) > self.max_keys:
                 self._prune(now)
             return 0.0
 
     def refusal(self, key: str, cost: float = 1.0) -> str | None:
         wait = self.wait_s(key, cost)
-        if not wait:
-            return None
-        return f"Too many requests from you at once; wait {max(1, round(wait))} s and try again."
+        return too_many("you", wait) if wait else None
 
     def _prune(self, now: float) -> None:
         full = [k for k, (tokens, when) in self._buckets.items() if tokens + (now - when) * self.rate >= self.burst]
@@ -80,18 +89,111 @@ class RateLimiter:
             del self._buckets[key]
 
 
+# What a request costs, in proportion to the pixels it makes: the page's defaults cost 1 (generate: 4 images at
+# 256 px) and 2 (animate: 24 frames at 256 px, each written to three files). A display size of 0 (the model's own)
+# counts as 256. A 120-frame animation at 512 px costs 40: the most one address may send at once.
+def generate_cost(num_images, size) -> float:
+    return max(1.0, _pixels(num_images, size) / (4 * 256**2))
+
+
+def animate_cost(frames, size) -> float:
+    return 2.0 * max(1.0, _pixels(frames, size) / (24 * 256**2))
+
+
+def _pixels(count, size) -> float:
+    try:
+        return max(1, int(count)) * max(64, int(size or 256)) ** 2
+    except (TypeError, ValueError, OverflowError):
+        return 0.0  # not a number: gradio or the pipeline refuses it, at the least cost
+
+
+def too_many(who: str, wait_s: float) -> str:
+    wait = "a while" if wait_s == float("inf") else f"{max(1, round(wait_s))} s"
+    return f"Too many requests from {who} at once; wait {wait} and try again."
+
+
+def client_address(request) -> str | None:
+    """The visitor's IP address (gradio.Request.client.host), None without one. Behind a reverse proxy this is the
+    address in X-Forwarded-For when the proxy is trusted (uvicorn's FORWARDED_ALLOW_IPS), else the proxy's own."""
+    host = getattr(getattr(request, "client", None), "host", None)
+    return host if isinstance(host, str) and host else None
+
+
+# Where a Hugging Face Space's proxy connects from: addresses no visitor on the internet has.
+PRIVATE_NETWORKS = "127.0.0.1,::1,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"
+
+
+def trust_space_proxy(environ=os.environ) -> None:
+    """On a Space (SPACE_ID set) every request arrives through its proxy, from a private address: have uvicorn take
+    the visitor's address from X-Forwarded-For when it comes from one, so that the per-address limits see visitors
+    rather than the proxy. An operator's own FORWARDED_ALLOW_IPS is kept. Call before launching."""
+    if environ.get("SPACE_ID"):
+        environ.setdefault("FORWARDED_ALLOW_IPS", PRIVATE_NETWORKS)
+
+
+class QueueAdmission:
+    """ASGI middleware: the events one IP address may add to the server's queue (POST .../queue/join), at
+    `limiter`'s rate. Beyond it a join is answered 429 with the wait, before it takes a place in the queue: gradio
+    has one queue for everybody and refuses every visitor while it is full, so one address must not fill it."""
+
+    def __init__(self, app, limiter: RateLimiter):
+        self.app, self.limiter = app, limiter
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope.get("method") == "POST" and scope.get("path", "").endswith("/queue/join"):
+            host = (scope.get("client") or ("",))[0]
+            wait = self.limiter.wait_s(host) if host else 0.0
+            if wait:
+                body = json.dumps({"detail": "⚠ " + too_many("your address", wait)}).encode()
+                headers = [(b"content-type", b"application/json"), (b"retry-after", str(math.ceil(wait)).encode())]
+                await send({"type": "http.response.start", "status": 429, "headers": headers})
+                await send({"type": "http.response.body", "body": body})
+                return
+        await self.app(scope, receive, send)
+
+
+def door_guard(limits: ServerLimits) -> dict:
+    """The per-address limits at the server's door, for `launch(app_kwargs=...)`: on a Space, visitors' addresses
+    taken from its proxy (trust_space_proxy), and QueueAdmission unless its rate is 0."""
+    from starlette.middleware import Middleware
+
+    trust_space_proxy()
+    if limits.ip_joins_per_minute <= 0:
+        return {}
+    limiter = RateLimiter(limits.ip_joins_per_minute, limits.ip_join_burst)
+    return {"middleware": [Middleware(QueueAdmission, limiter=limiter)]}
+
+
 class Gate:
-    """The server-side checks of a request, before any work: prompt length, then the visitor's request rate."""
+    """The server-side checks of a request, before any work: prompt length, then the request rates of the visitor's
+    identity (owner id) and of its IP address, so that one address is held even when it sends every request under a
+    new identity. A refused request is charged to neither. A rate of 0 turns its limit off."""
 
     def __init__(self, limits: ServerLimits):
-        self.limits, self.limiter = limits, RateLimiter(limits.requests_per_minute, limits.burst)
+        self.limits, self._lock = limits, threading.Lock()
+        self.limiter = RateLimiter(limits.requests_per_minute, limits.burst)
+        self.ip_limiter = RateLimiter(limits.ip_requests_per_minute, limits.ip_burst)
 
-    def refusal(self, prompts: list, key: str, cost: float = 1.0) -> str | None:
-        return prompt_problem(prompts, self.limits.max_prompt_chars) or self.limiter.refusal(key, cost)
+    def refusal(self, prompts: list, key: str, cost: float = 1.0, client: str | None = None) -> str | None:
+        """A one-line refusal, or None with the request charged to `key` (the owner id) and `client` (its address)."""
+        problem = prompt_problem(prompts, self.limits.max_prompt_chars)
+        if problem:
+            return problem
+        checks = [(limiter, k, who) for limiter, k, who, on in (
+            (self.limiter, key, "you", self.limits.requests_per_minute > 0),
+            (self.ip_limiter, client, "your address", self.limits.ip_requests_per_minute > 0)) if on and k]
+        with self._lock:  # check both, then charge both: no race between the two
+            waits = [(limiter.wait_s(k, cost, charge=False), who) for limiter, k, who in checks]
+            wait, who = max(waits, default=(0.0, ""))
+            if wait:
+                return too_many(who, wait)
+            for limiter, k, _ in checks:
+                limiter.wait_s(k, cost)
+        return None
 
-    def check(self, prompts: list, key: str, cost: float = 1.0) -> None:
+    def check(self, prompts: list, key: str, cost: float = 1.0, client: str | None = None) -> None:
         """ValueError with the refusal, if any."""
-        problem = self.refusal(prompts, key, cost)
+        problem = self.refusal(prompts, key, cost, client)
         if problem:
             raise ValueError(problem)
 

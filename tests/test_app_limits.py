@@ -14,7 +14,10 @@ import pytest
 from PIL import Image
 
 from t2i_app import RunManager
-from t2i_app.limits import OwnerIds, RateLimiter, ServerLimits, TrainingQuota, prompt_problem
+from t2i_app.limits import (
+    PRIVATE_NETWORKS, Gate, OwnerIds, QueueAdmission, RateLimiter, ServerLimits, TrainingQuota, animate_cost,
+    client_address, door_guard, generate_cost, prompt_problem, trust_space_proxy,
+)
 from t2i_app.retention import tree_bytes
 from t2i_app.views import identify
 from t2i_core.data.loading import UploadLimits
@@ -97,6 +100,104 @@ def test_one_clients_burst_is_throttled_while_another_still_succeeds():
     assert limiter.refusal("visitor") is None
     clock[0] += 2.0  # one request's worth at 30 a minute
     assert limiter.refusal("flooder") is None and limiter.refusal("flooder") is not None
+
+
+def test_one_address_is_throttled_under_any_number_of_identities_while_other_addresses_still_succeed(monkeypatch):
+    gate = Gate(ServerLimits(requests_per_minute=30, burst=10, ip_requests_per_minute=60, ip_burst=20))
+    clock = [0.0]
+    gate.limiter.clock = gate.ip_limiter.clock = lambda: clock[0]
+    # A flood from one address, every request under a fresh identity: the per-identity rate never binds.
+    answers = [gate.refusal(["a cat"], f"forged-{i}", client="203.0.113.9") for i in range(100)]
+    assert answers[:20] == [None] * 20
+    assert all(a == "Too many requests from your address at once; wait 1 s and try again." for a in answers[20:])
+    # Other visitors, at other addresses, are not held by it; neither is the flooder's address charged for refusals.
+    for i in range(5):
+        assert gate.refusal(["a dog"], f"visitor-{i}", client=f"198.51.100.{i}") is None
+    clock[0] += 1.0  # one request's worth at 60 a minute
+    assert gate.refusal(["a cat"], "forged-new", client="203.0.113.9") is None
+    assert "wait 1 s" in gate.refusal(["a cat"], "forged-newer", client="203.0.113.9")
+    # One identity flooding is held by its own rate first, with the wait it needs; nothing of the address is spent.
+    waits = [gate.refusal(["a"], "one-owner", client="192.0.2.1") for _ in range(12)]
+    assert waits[:10] == [None] * 10 and waits[10] == "Too many requests from you at once; wait 2 s and try again."
+    assert gate.ip_limiter.wait_s("192.0.2.1", 10, charge=False) == 0.0  # 10 of its 20 left
+    # A refused prompt costs nothing either; a rate of 0 turns that limit off.
+    assert "characters long" in gate.refusal(["x" * 501], "p", client="192.0.2.2")
+    off = Gate(ServerLimits(ip_requests_per_minute=0))
+    assert all(off.refusal(["a"], f"id-{i}", client="203.0.113.9") is None for i in range(200))
+    monkeypatch.setenv("T2I_IP_RATE_PER_MIN", "6")
+    monkeypatch.setenv("T2I_IP_RATE_BURST", "3")
+    assert (ServerLimits.from_env().ip_requests_per_minute, ServerLimits.from_env().ip_burst) == (6.0, 3)
+
+
+def test_a_request_costs_in_proportion_to_the_pixels_it_makes():
+    assert (generate_cost(4, 256), generate_cost(1, 0), generate_cost(16, 512)) == (1, 1, 16)
+    assert (animate_cost(24, 256), animate_cost(120, 512), animate_cost("many", None)) == (2, 40, 2)
+    gate = Gate(ServerLimits(requests_per_minute=30, burst=10, ip_requests_per_minute=120, ip_burst=40))
+    clock = [0.0]
+    gate.limiter.clock = gate.ip_limiter.clock = lambda: clock[0]
+    heaviest = animate_cost(120, 512)
+    # It takes a whole bucket, of the identity (10) and of the address (40): one at once, then a wait.
+    assert gate.refusal(["a"], "alice", heaviest, "192.0.2.5") is None
+    assert "wait 20 s" in gate.refusal(["a"], "alice", heaviest, "192.0.2.5")
+    assert gate.refusal(["a"], "bob", heaviest, "192.0.2.5") == (
+        "Too many requests from your address at once; wait 20 s and try again.")  # new identities do not help
+    assert gate.refusal(["a"], "carol", generate_cost(4, 256), "198.51.100.3") is None  # elsewhere, the defaults
+    clock[0] += 20.0
+    assert gate.refusal(["a"], "bob", heaviest, "192.0.2.5") is None
+
+
+def test_one_address_cannot_fill_the_queue_that_every_visitor_shares():
+    import asyncio
+    import json
+
+    passed = []
+
+    async def app(scope, receive, send):
+        passed.append((scope["client"][0], scope["path"]))
+
+    door = QueueAdmission(app, RateLimiter(per_minute=600, burst=5))
+
+    def call(host: str, path: str = "/gradio_api/queue/join", method: str = "POST") -> list[dict]:
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": method, "path": path, "client": (host, 40000)}
+        asyncio.run(door(scope, None, send))
+        return sent
+
+    answers = [call("203.0.113.9") for _ in range(50)]
+    assert answers[:5] == [[]] * 5 and len(passed) == 5  # the first five joined the queue
+    refused = answers[5]
+    assert refused[0]["status"] == 429 and (b"retry-after", b"1") in refused[0]["headers"]
+    assert json.loads(refused[1]["body"])["detail"] == (
+        "⚠ Too many requests from your address at once; wait 1 s and try again.")
+    assert all(a and a[0]["status"] == 429 for a in answers[5:]) and len(passed) == 5  # none reached the queue
+    # Another address joins; the flooder's page, files and event streams are served as usual.
+    assert call("198.51.100.4") == [] and call("203.0.113.9", "/gradio_api/queue/data", "GET") == []
+    assert call("203.0.113.9", "/gradio_api/upload") == [] and len(passed) == 8
+    assert door_guard(ServerLimits(ip_joins_per_minute=0)) == {}
+    assert door_guard(ServerLimits())["middleware"][0].cls is QueueAdmission
+
+
+def test_the_address_is_the_requests_and_a_space_trusts_its_proxy_for_it():
+    assert client_address(SimpleNamespace(client=SimpleNamespace(host="198.51.100.7"))) == "198.51.100.7"
+    assert client_address(None) is None and client_address(SimpleNamespace(client=None)) is None
+    env = {}
+    trust_space_proxy(env)
+    assert env == {}  # not a Space: uvicorn's own default (localhost only) stays
+    env = {"SPACE_ID": "someone/t2i"}
+    trust_space_proxy(env)
+    assert env["FORWARDED_ALLOW_IPS"] == PRIVATE_NETWORKS and "10.0.0.0/8" in PRIVATE_NETWORKS
+    env = {"SPACE_ID": "someone/t2i", "FORWARDED_ALLOW_IPS": "10.1.2.3"}
+    trust_space_proxy(env)
+    assert env["FORWARDED_ALLOW_IPS"] == "10.1.2.3"  # the operator's setting wins
+    # What uvicorn then does with it: the right-most address that is not a trusted proxy is the visitor's.
+    from uvicorn.middleware.proxy_headers import _TrustedHosts
+
+    hosts = _TrustedHosts(PRIVATE_NETWORKS)
+    assert hosts.get_trusted_client_address("1.2.3.4, 198.51.100.7, 10.16.3.80")[0] == "198.51.100.7"
 
 
 def test_prompt_length_is_limited_before_any_work():

@@ -1,4 +1,5 @@
-"""SIGKILL at random points of a tiny training run, then resume (bench/fault_injection.py, a few rounds here)."""
+"""SIGKILL at random points of a tiny training run and in the middle of checkpoint writes, then resume
+(bench/fault_injection.py, a few rounds here)."""
 
 import json
 import subprocess
@@ -18,3 +19,9 @@ def test_every_resume_after_a_sigkill_succeeds_and_the_final_model_loads(tmp_pat
     result = json.loads(r.stdout[r.stdout.index("{"):])
     assert result["ok"] and result["resumes"] >= 4 and result["weights_finite"]
     assert all(round_["after"] >= round_["before"] for round_ in result["rounds"])
+    # Two of the rounds were killed while a checkpoint write was held half done: one inside the checkpoint's
+    # temporary folder, one with the model folder written but not yet swapped in. Each next round resumed.
+    writes = [r for r in result["rounds"] if r["kind"] != "random"]
+    assert result["write_rounds_killed_mid_write"] == 2 and len(writes) == 2
+    assert sorted(name.split("-")[1] for r in writes for name in r["tmp_at_kill"]) == ["checkpoint", "model"]
+    assert result["tmp_left"] == [] and result["skipped_damaged"] == 0

@@ -1,5 +1,6 @@
 """Issue 15 in the core: untrusted model folders, checkpoints by time, a damaged latest checkpoint, weights that
-explode to huge finite values, a full disk while saving, and Stop while the trainer still loads its data."""
+explode to huge finite values, a run that keeps diverging, a full disk while saving, and Stop while the trainer
+still loads its data."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from t2i_core.pipeline import T2IPipeline
 from t2i_core.training import checkpoints
 from t2i_core.training.checkpoints import CheckpointError, list_checkpoints
 from t2i_core.training.config import TrainConfig
-from t2i_core.training.loop import Trainer, train
+from t2i_core.training.loop import Trainer, TrainingDiverged, train
 
 pytestmark = pytest.mark.timeout(240)
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,6 +114,44 @@ def test_weights_exploding_to_huge_finite_values_are_rolled_back_not_saved(shape
     assert "rolled back to step 2" in (tmp_path / "b" / "log.txt").read_text()
     pipe = T2IPipeline.from_pretrained(model)
     assert max(p.abs().max().item() for p in pipe.generator.parameters()) < 1e4
+
+
+def test_a_run_that_keeps_diverging_stops_after_k_rollbacks_in_a_row_and_keeps_its_checkpoint(
+        shapes_dir, tmp_path, monkeypatch, capsys):
+    real_step, explode_at = Trainer.train_step, set()
+
+    def exploding(self, step):
+        losses = real_step(self, step)
+        if step in explode_at or "always" in explode_at and step >= 2:
+            explode_at.discard(step)
+            with torch.no_grad():
+                next(self.g.parameters()).mul_(1e30)
+        return losses
+
+    monkeypatch.setattr(Trainer, "train_step", exploding)
+    run = tmp_path / "r"
+    opts = TINY | dict(data=str(shapes_dir), out=str(run), max_steps=20, checkpoint_every=2, max_rollbacks=3)
+    explode_at.add("always")  # every step after checkpoint-2 explodes, however low the learning rate goes
+    with pytest.raises(TrainingDiverged, match="again after 3 rollbacks in a row to checkpoint-2"):
+        train(TrainConfig(**opts))
+    assert (run / "log.txt").read_text().count("rolled back to step 2") == 3
+    assert [p.name for p in list_checkpoints(run)] == ["checkpoint-2"]
+    assert json.loads((run / "checkpoint-2" / "trainer_state.json").read_text())["step"] == 2
+    pipe = T2IPipeline.from_pretrained(run / "model")  # the last good weights, finite
+    assert max(p.abs().max().item() for p in pipe.generator.parameters()) < 1e4
+    # On the command line, resuming it: the same, in one line and exit status 1.
+    from t2i_core.cli import main
+
+    assert main(["train", "--out", str(run), "--resume"]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error: training diverged again") and "--resume" in err[0], err
+    # Rollbacks with a checkpoint written between them are not in a row: one allowed, two happen, the run finishes.
+    explode_at.clear()
+    explode_at.update({2, 4})
+    out = tmp_path / "s"
+    train(TrainConfig(**opts | dict(out=str(out), max_steps=6, max_rollbacks=1)))
+    assert (out / "log.txt").read_text().count("rolled back") == 2
+    assert list_checkpoints(out)[-1].name == "checkpoint-6"
 
 
 def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(shapes_dir, tmp_path, monkeypatch):

@@ -365,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
             if type(err).__name__ == "CheckpointError":
                 print(f"error: {err.strerror}", file=sys.stderr)  # e.g. a full disk: what to do, in one line
                 return 1
+            if type(err).__name__ == "TrainingDiverged":
+                print(f"error: {err}", file=sys.stderr)  # the last good checkpoint stays; what to do, in one line
+                return 1
             if not _is_bad_input(err):
                 raise
             message = " ".join(str(err).split()) or type(err).__name__

@@ -100,6 +100,9 @@ class TrainConfig:
     checkpoint_minutes: float = option(5.0, "also write a checkpoint when this many minutes passed since the last "
                                             "one, so a kill loses little work on a slow machine (0 = by steps only)")
     keep_checkpoints: int = option(3, "keep the last K checkpoints")
+    max_rollbacks: int = option(5, "end the run with an error when its weights explode again after this many "
+                                   "rollbacks in a row (with no checkpoint written between them); its last good "
+                                   "checkpoint and model stay (0 = roll back forever)")
     sample_every: int = option(200, "save a sample grid every N steps")
     sample_minutes: float = option(0.0, "also save a sample grid every M minutes of training (0 = by steps only)")
     log_every: int = option(10, "write metrics every N steps")
@@ -142,6 +145,8 @@ class TrainConfig:
             raise ValueError(f"exemplar_init must be 'zero' or 'random', got {self.exemplar_init!r}")
         if self.exemplar_slots < 1:
             raise ValueError("exemplar_slots must be >= 1")
+        if self.max_rollbacks < 0:
+            raise ValueError("max_rollbacks must be >= 0")
 
 
 def recipe_path(name_or_path: str) -> Path:

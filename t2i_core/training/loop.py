@@ -82,6 +82,11 @@ def all_finite(module: torch.nn.Module) -> bool:
     return all(bool(p.detach().abs().max() <= MAX_WEIGHT) for p in module.parameters() if p.numel())
 
 
+class TrainingDiverged(RuntimeError):
+    """The weights exploded before the first checkpoint, or again after `max_rollbacks` rollbacks in a row. Nothing
+    exploded is saved: the last good checkpoint and RUN_DIR/model stay as they were."""
+
+
 class Trainer:
     """Holds G, D, EMA, optimisers and the loss; `run()` trains until max_steps, the time budget or a stop request."""
 
@@ -115,6 +120,7 @@ class Trainer:
             self.data.use_exemplars()
             self.bank = self._build_bank()
         self.state = TrainState()
+        self.rollbacks_in_row = 0  # rollbacks since the last checkpoint written (not saved: a restart starts at 0)
         self.autocast = autocast_dtype(cfg.precision, self.device)
         self.loss = GANLoss(self.g, self.d, cfg, self._ctx)
         prompts = list(cfg.sample_prompts) or self.data.captions[:: max(1, len(self.data.captions) // 16)][:16]
@@ -230,9 +236,12 @@ class Trainer:
     # Checkpoints, resume and rollback.
 
     def checkpoint(self) -> None:
-        if self.rank == 0 and all(all_finite(m) for m in (self.g, self.d, self.g_ema)):
+        finite = all(all_finite(m) for m in (self.g, self.d, self.g_ema))  # the same on every process
+        if self.rank == 0 and finite:
             save_checkpoint(self.run_dir, self.state, self.g, self.d, self.g_ema, self.opt_g, self.opt_d,
                             self.cfg.keep_checkpoints, self.text_encoder_name, self.training_record(), self.bank)
+        if finite:
+            self.rollbacks_in_row = 0
         if self.world > 1:
             dist.barrier()
 
@@ -265,10 +274,18 @@ class Trainer:
                 group["lr"] = lr * scale * group.get("lr_mult", 1.0)
 
     def rollback(self) -> None:
-        """Weights went non-finite or over MAX_WEIGHT: reload the last good checkpoint and halve the learning rate."""
+        """Weights went non-finite or over MAX_WEIGHT: reload the last good checkpoint and halve the learning rate.
+        After `max_rollbacks` rollbacks in a row, the next divergence ends the run (TrainingDiverged)."""
         rollbacks, scale = self.state.rollbacks + 1, self.state.lr_scale * 0.5
+        limit, last = self.cfg.max_rollbacks, list_checkpoints(self.run_dir)[-1:]
+        if limit and self.rollbacks_in_row >= limit and last:
+            raise TrainingDiverged(
+                f"training diverged again after {limit} rollbacks in a row to {last[0].name} (learning rate down "
+                f"to x{self.state.lr_scale:g}); stopped. {last[0].name} and {self.run_dir / 'model'} keep the last "
+                "good weights: lower --lr-g and --lr-d, then run again with --resume")
         if not self.resume():
-            raise RuntimeError("training diverged before the first checkpoint; lower --lr and start again")
+            raise TrainingDiverged("training diverged before the first checkpoint; lower --lr and start again")
+        self.rollbacks_in_row += 1
         self.state.rollbacks = rollbacks
         self.set_lr_scale(scale)
         self.log_line(f"Non-finite or exploded weights: rolled back to step {self.state.step}, learning rate x{scale:g}.")
