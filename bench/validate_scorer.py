@@ -11,6 +11,9 @@ R@1 among 100 captions (the true caption + 99 captions of other emoji, as `score
   blur           each real test image blurred at 64 px (Gaussian, sigma 2). Must be <= real / 2.
   silhouette     each real test image's non-white pixels filled with their mean colour. Must be <= real / 2.
   pixelated      each real test image at 12 px, scaled back up (reported, no threshold).
+  box blur       each real test image averaged over 7x7 px boxes (the spread of the Gaussian check, sigma 2): a blur
+                 of another kind than the Gaussian and
+                 pixelated copies the scorer trains against, so an independent blob check. Must be <= real / 2.
   recoloured     the unseen-style emoji whose names name no colour, recoloured, against their bare names: the
                  compositional set's object check ("is a blue banana still a banana?") must hold for real pictures
                  before it judges a model's. Two recolourings: `images.recolor` (every saturated pixel to one hue,
@@ -64,6 +67,13 @@ def degrade(images: torch.Tensor, how) -> torch.Tensor:
         x = images[start : start + 512].float().div(127.5).sub(1.0)
         out.append(((how(x).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8))
     return torch.cat(out)
+
+
+def box_blur(images: torch.Tensor, size: int = 7) -> torch.Tensor:
+    """[-1, 1] (M, 3, R, R) -> each pixel the mean of its size x size box (edges replicated)."""
+    pad = size // 2
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad), mode="replicate")
+    return torch.nn.functional.avg_pool2d(padded, size, stride=1)
 
 
 def set_hue(images: torch.Tensor) -> torch.Tensor:
@@ -157,13 +167,14 @@ def main(argv: list[str] | None = None) -> int:
         figures["real (names)"] = r_at_1(scorer, test.images, unique, [group_of[n] for n in unique], name_idx, num, seed)
         # Degradations are defined at 64 px (the corpus's resolution); scale sigma and size with other resolutions.
         degradations = {"blur": lambda x: gaussian_blur(x, 2.0 * x.shape[-1] / 64), "silhouette": silhouette,
-                        "pixelated": lambda x: pixelate(x, max(2, round(12 * x.shape[-1] / 64)))}
+                        "pixelated": lambda x: pixelate(x, max(2, round(12 * x.shape[-1] / 64))),
+                        "box blur": lambda x: box_blur(x, max(3, round(7 * x.shape[-1] / 64) | 1))}
         for name, how in degradations.items():
             figures[name] = r_at_1(scorer, degrade(test.images, how), test.captions, test.groups, test.image_caption,
                                    num, seed)
 
     checks = {f"unseen {s} >= 0.6": figures[f"unseen {s}"] >= 0.6 for s in styles}
-    checks.update({f"{b} <= real / 2": figures[b] <= figures["real"] / 2 for b in ("blur", "silhouette")})
+    checks.update({f"{b} <= real / 2": figures[b] <= figures["real"] / 2 for b in ("blur", "silhouette", "box blur")})
     checks.update({f"{s}, {name} >= 0.8 x own colours": figures[f"{s}, {name}"] >= 0.8 * figures[f"{s}, own colours"]
                    for s in styles for name in ("recolour", "hue rotation")})
     print(f"scorer: {args.scorer or 'assets/scorer'} ({scorer.info.get('data')}, seed {scorer.info.get('seed')}); "
