@@ -1,12 +1,13 @@
 """The shipped default model and its recipe: the weights load offline and draw 64x64 images; the recipe trains."""
 
-import hashlib
 import json
 from dataclasses import fields
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from test_emoji import PACKAGE_DIRS
 
 from t2i_core import T2IPipeline
@@ -60,27 +61,28 @@ def test_recipe_trains_three_steps_on_the_fixture_corpus(tmp_path):
     assert T2IPipeline.from_pretrained(model)("waving hand", seed=0).images[0].size == (64, 64)
 
 
-# sha256 of the uint8 RGB pixels of the shipped model's image (one prompt, one image, one torch thread: other thread
-# counts use other kernels and may differ in the last bit). Taken when the exemplar model shipped (issue 17), so a
-# change anywhere on the inference path (retrieval included) that alters a single pixel fails here.
-SHIPPED_IMAGE_SHA256 = {
-    ("a red heart", 0): "e08450a9c496af82f75743d59b9553834ebb4f9dd4a8b2bf15027d35ce2e08fc",
-    ("a red heart", 7): "4c83b463ce3972bb80be6a56ec6087f62c36785a4ea840e5659142dd97b23f50",
-    ("grinning face, google style", 0): "819b1298a1f2e42374f7b22e5d1ca6b9a39adc40c460e36d899cb27a0593bb53",
-    ("grinning face, google style", 7): "c96bf169bbdba33e8426534fa417f03bf93d159e8195309781075d8b281fc383",
-    ("a cat wearing a hat", 0): "4a4bfd2f7519a3e1597b4e079b90c635e7cbc266f5a3db3e528acc6d7ad69091",
-    ("a cat wearing a hat", 7): "3db254cb5cbf49819193d5c1c4f1d436705e7c79e8a860224b7f3c3f64cf04c5",
-}
+# The shipped model's images (one prompt, one image, one torch thread), saved as PNG in tests/fixtures/shipped_images
+# when the exemplar model shipped and re-taken on the 2-core AVX2 machine of session 8: there five of the six were
+# bit-identical to the earlier machine's, and one ("a cat wearing a hat", seed 0) was not, since other CPUs use other
+# kernels. So the check allows last-bit noise (a few levels in a few pixels), while any change on the inference path
+# (weights, retrieval, sampling) changes far more and fails here.
+SHIPPED_IMAGES = [("a red heart", 0), ("a red heart", 7), ("grinning face, google style", 0),
+                  ("grinning face, google style", 7), ("a cat wearing a hat", 0), ("a cat wearing a hat", 7)]
+FIXTURES = Path(__file__).parent / "fixtures" / "shipped_images"
 
 
-def test_shipped_model_images_are_bit_identical(monkeypatch):
+def test_shipped_model_images_match_their_references(monkeypatch):
     monkeypatch.delenv("T2I_MODEL", raising=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         pipe = T2IPipeline.from_pretrained()
-        got = {(prompt, seed): hashlib.sha256(np.asarray(pipe(prompt, seed=seed).images[0], dtype=np.uint8).tobytes())
-               .hexdigest() for prompt, seed in SHIPPED_IMAGE_SHA256}
+        got = {(prompt, seed): np.asarray(pipe(prompt, seed=seed).images[0], dtype=np.int16)
+               for prompt, seed in SHIPPED_IMAGES}
     finally:
         torch.set_num_threads(threads)
-    assert got == SHIPPED_IMAGE_SHA256
+    for (prompt, seed), image in got.items():
+        name = prompt.replace(" ", "_").replace(",", "") + f"_{seed}.png"
+        want = np.asarray(Image.open(FIXTURES / name).convert("RGB"), dtype=np.int16)
+        diff = np.abs(image - want)
+        assert diff.mean() <= 0.5 and (diff > 2).mean() <= 0.01, (prompt, seed, float(diff.mean()), int(diff.max()))
