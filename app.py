@@ -28,11 +28,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import gradio as gr  # noqa: E402
 
 from t2i_app import DEFAULT_MODEL_KEY, RUNNING, SCRATCH_KEY, BusyError, PipelineCache, RunManager  # noqa: E402
-from t2i_app.limits import Gate, animate_cost, client_address, door_guard, generate_cost  # noqa: E402
+from t2i_app.limits import (  # noqa: E402
+    Gate, animate_cost, cap_malloc_arenas, client_address, door_guard, generate_cost,
+)
 from t2i_app.views import (  # noqa: E402
     CREDITS, CSS, EMPTY_PROMPT, EXAMPLES, FINETUNE_INTRO, GUIDANCE_HINT, NO_DEFAULT_MODEL, NO_RUN_YET, READ_LOSSES,
-    SIZES, about_sections, chosen_seed, exemplar_items, first_value, identify, loss_frame, model_label, new_sample,
-    progress_html, run_summary, seed_status,
+    SIZES, about_sections, as_files, chosen_seed, exemplar_items, first_value, identify, loss_frame, model_label,
+    new_sample, progress_html, run_summary, seed_status,
 )
 from t2i_core import MAX_SEED  # noqa: E402
 from t2i_core.video import save_animation  # noqa: E402
@@ -121,8 +123,13 @@ def generate(prompt, model_key, seed, randomize, num_images, truncation, guidanc
     except ValueError as error:
         gr.Warning(str(error))
         return [], gr.skip(), f"⚠ {error}", []
-    items = [(image, f"seed {s}") for image, s in zip(out.images, out.seeds)]
-    return items, used, seed_status(used, retrieval and pipe.max_exemplars == 0), exemplar_items(pipe, out)
+    # Files in a fresh folder, not PIL images: gradio writes a returned image to a path named by its content, in
+    # place, so two visitors given the same picture (same prompt and seed, or the same exemplar) raced, and one
+    # download was cut short. A file is copied into gradio's cache atomically.
+    folder = manager.new_output_dir()
+    items = as_files([(image, f"seed {s}") for image, s in zip(out.images, out.seeds)], folder, "image")
+    drawn_on = as_files(exemplar_items(pipe, out), folder, "exemplar")
+    return items, used, seed_status(used, retrieval and pipe.max_exemplars == 0), drawn_on
 
 
 def animate(p1, p2, p3, p4, frames, fps, seed, randomize, truncation, model_key, size, owner, request: gr.Request):
@@ -368,6 +375,7 @@ demo.queue(max_size=int(os.environ.get("T2I_QUEUE_SIZE") or 256))
 
 def main() -> None:
     """Serve on GRADIO_SERVER_NAME:GRADIO_SERVER_PORT (default 0.0.0.0:7860)."""
+    cap_malloc_arenas()  # before the server's threads: memory freed by requests is reused, not kept per thread
     manager.open()
     atexit.register(manager.shutdown)
     # SIGTERM (a Space restarting, a test ending) runs atexit too, so a live run keeps its last checkpoint.
@@ -376,7 +384,7 @@ def main() -> None:
         server_name=os.environ.get("GRADIO_SERVER_NAME") or "0.0.0.0",
         server_port=int(os.environ.get("GRADIO_SERVER_PORT") or 7860),
         max_file_size=f"{MAX_UPLOAD_MB}mb",
-        app_kwargs=door_guard(manager.server_limits),  # per-address queue admission; a Space's proxy trusted
+        app_kwargs=door_guard(manager.server_limits, demo),  # per-address queue admission; a Space's proxy trusted
         # Served files: only fresh random folders of downloads; never runs, uploads or the browser secret.
         allowed_paths=[str(manager.outputs_dir)],
         blocked_paths=[str(manager.runs_dir), str(manager.uploads_dir), str(manager.root / ".browser_secret")],

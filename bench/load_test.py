@@ -298,6 +298,16 @@ def measure(args: argparse.Namespace, proc, url: str, work: Path) -> dict:
             "phases": {k: round(v, 1) for k, v in phases.items()}}
 
 
+def tracebacks(log: str) -> list[str]:
+    """Each traceback in the server's log, from its first line to the exception's."""
+    found = []
+    for part in log.split("Traceback (most recent call last):")[1:]:
+        lines = part.splitlines()
+        end = next((i for i, line in enumerate(lines) if line and not line.startswith((" ", "\t"))), len(lines) - 1)
+        found.append("\n".join(["Traceback (most recent call last):", *lines[:end + 1]]))
+    return found
+
+
 def summarise(args: argparse.Namespace, raw: dict, log: str) -> dict:
     calls, flood, mb = raw["calls"], raw["flood"], lambda b: None if b is None else round(b / 2**20)
     failed = [c for c in calls if c["error"]]
@@ -306,6 +316,8 @@ def summarise(args: argparse.Namespace, raw: dict, log: str) -> dict:
                 for k in ("served", "rate limited", "refused", "error", "unanswered")}
     rss_start, rss_peak, rss_end = raw["rss"]
     finetune = raw["finetune"]
+    found = tracebacks(log)
+    unexpected = [t for t in found if not t.splitlines()[-1].startswith("gradio.exceptions.Error:")]
     result = {
         "visitors": args.visitors, "seconds": args.seconds, "flood": args.flood, "num_images": args.num_images,
         "visitor_requests": len(calls), "visitor_failures": len(failed),
@@ -316,7 +328,11 @@ def summarise(args: argparse.Namespace, raw: dict, log: str) -> dict:
         "hostile_examples": sorted({f"{f['endpoint']} {f['outcome']}: {f['status'][:120]}" for f in flood})[:12],
         "rss_start_mb": mb(rss_start), "rss_peak_mb": mb(rss_peak), "rss_end_mb": mb(rss_end),
         "rss_growth_mb": None if rss_end is None else mb(rss_end - rss_start),
-        "finetune": finetune, "server_alive": raw["alive"], "server_tracebacks": log.count("Traceback"),
+        "finetune": finetune, "server_alive": raw["alive"], "server_tracebacks": len(unexpected),
+        # gradio prints a traceback for each request its components refuse (gr.Error: "Value -5 is less than
+        # minimum value 0."): a one-line answer to that client, counted apart.
+        "refusal_tracebacks": len(found) - len(unexpected),
+        "traceback_excerpts": [t[-1500:] for t in (unexpected or found)[-3:]],
         "hostile_mean_s": {e: round(statistics.mean(f["seconds"] for f in flood if f["endpoint"] == e), 2)
                            for e in sorted({f["endpoint"] for f in flood})},
         "phases_s": raw["phases"],
@@ -350,7 +366,8 @@ def print_table(r: dict) -> None:
          "no growth"),
         ("fine-tune", tune, "finishes"),
         ("server still serving; tracebacks in its log", f"{'yes' if r['server_alive'] else 'NO'}; "
-                                                        f"{r['server_tracebacks']}", "yes; 0"),
+                                                        f"{r['server_tracebacks']} (and {r['refusal_tracebacks']} of "
+                                                        f"gradio's refusals)", "yes; 0"),
     ]
     print(f"{r['visitors']} visitors x {r['seconds']:g} s ({r['num_images']} images at 256 px a call), flood "
           f"{'on' if r['flood'] else 'off'}; {os.cpu_count()} cores, load average {r['load_before']:.1f} before, "
@@ -360,6 +377,8 @@ def print_table(r: dict) -> None:
         print(f"| {name} | {value} | {goal} |")
     for error in r["failure_examples"]:
         print(f"failed: {error}")
+    for excerpt in r["traceback_excerpts"]:
+        print(f"server traceback:\n{excerpt}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -34,6 +34,7 @@ class ServerLimits:
     ip_burst: int = 40  # requests one address may send at once before its rate applies
     ip_joins_per_minute: float = 600.0  # events (any: page polls too) one address may add to the queue; 0 = off
     ip_join_burst: int = 60
+    ip_queued_max: int = 8  # events one address may have waiting or running in the queue at once; 0 = off
 
     @classmethod
     def from_env(cls) -> "ServerLimits":
@@ -42,7 +43,7 @@ class ServerLimits:
                    int(env("T2I_RATE_BURST") or 10), float(env("T2I_MAX_RUN_MINUTES") or 60),
                    float(env("T2I_CLIENT_TRAIN_MINUTES") or 120), float(env("T2I_IP_RATE_PER_MIN") or 120),
                    int(env("T2I_IP_RATE_BURST") or 40), float(env("T2I_IP_JOINS_PER_MIN") or 600),
-                   int(env("T2I_IP_JOIN_BURST") or 60))
+                   int(env("T2I_IP_JOIN_BURST") or 60), int(env("T2I_IP_QUEUED_MAX") or 8))
 
 
 def prompt_problem(prompts: list, max_chars: int) -> str | None:
@@ -131,37 +132,92 @@ def trust_space_proxy(environ=os.environ) -> None:
         environ.setdefault("FORWARDED_ALLOW_IPS", PRIVATE_NETWORKS)
 
 
-class QueueAdmission:
-    """ASGI middleware: the events one IP address may add to the server's queue (POST .../queue/join), at
-    `limiter`'s rate. Beyond it a join is answered 429 with the wait, before it takes a place in the queue: gradio
-    has one queue for everybody and refuses every visitor while it is full, so one address must not fill it."""
+def cap_malloc_arenas(environ=os.environ) -> bool:
+    """Hold glibc's malloc to a few arenas (T2I_MALLOC_ARENAS, default 2; 0 leaves it alone). By default each thread
+    that allocates may get its own arena, up to 8 per core, and each keeps the memory freed into it: the server's
+    worker threads each run the generator, so under load its memory grew and stayed (bench/load_test.py: +516 MB
+    over a 2-minute flood; +111 MB with 2 arenas). The same as MALLOC_ARENA_MAX, set from inside. Call before the
+    server starts its threads. False where it does not apply (not glibc)."""
+    import ctypes
+    import ctypes.util
 
-    def __init__(self, app, limiter: RateLimiter):
-        self.app, self.limiter = app, limiter
+    arenas = int(environ.get("T2I_MALLOC_ARENAS") or 2)
+    name = ctypes.util.find_library("c")
+    if arenas <= 0 or not name or "MALLOC_ARENA_MAX" in environ:
+        return False
+    try:
+        libc = ctypes.CDLL(name)
+        return bool(libc.gnu_get_libc_version and libc.mallopt(-8, arenas))  # -8: M_ARENA_MAX
+    except (OSError, AttributeError):
+        return False
+
+
+class QueueAdmission:
+    """ASGI middleware: what one IP address may add to the server's queue (POST .../queue/join). Joins come at
+    `limiter`'s rate, and at most `max_queued` of an address's events may wait or run at once (`queued(host)` counts
+    them in the queue). Beyond either, a join is answered 429 with a one-line message, before it takes a place in the
+    queue: gradio has one queue for everybody and refuses every visitor while it is full, so one address must not
+    fill it, however slowly it sends."""
+
+    def __init__(self, app, limiter: RateLimiter | None, max_queued: int = 0, queued=None):
+        self.app, self.limiter, self.max_queued, self.queued = app, limiter, max_queued, queued
+        self._joining: dict[str, int] = {}  # joins passed on whose answer has not come back yet
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope.get("method") == "POST" and scope.get("path", "").endswith("/queue/join"):
             host = (scope.get("client") or ("",))[0]
-            wait = self.limiter.wait_s(host) if host else 0.0
-            if wait:
-                body = json.dumps({"detail": "⚠ " + too_many("your address", wait)}).encode()
+            refusal = self.refusal(host) if host else None
+            if refusal:
+                message, wait = refusal
+                body = json.dumps({"detail": "⚠ " + message}).encode()
                 headers = [(b"content-type", b"application/json"), (b"retry-after", str(math.ceil(wait)).encode())]
                 await send({"type": "http.response.start", "status": 429, "headers": headers})
                 await send({"type": "http.response.body", "body": body})
                 return
+            if host:
+                self._joining[host] = self._joining.get(host, 0) + 1
+                try:
+                    return await self.app(scope, receive, send)
+                finally:
+                    self._joining[host] -= 1
+                    if not self._joining[host]:
+                        del self._joining[host]
         await self.app(scope, receive, send)
 
+    def refusal(self, host: str) -> tuple[str, float] | None:
+        """(message, seconds to wait) for a join from `host` that may not go now; None, with the join charged."""
+        if self.max_queued > 0 and self.queued is not None:
+            held = self._joining.get(host, 0) + self.queued(host)
+            if held >= self.max_queued:
+                return (f"Your address already has {held} requests waiting or running; wait for them to finish "
+                        f"and try again.", 5.0)
+        wait = self.limiter.wait_s(host) if self.limiter is not None else 0.0
+        return (too_many("your address", wait), wait) if wait else None
 
-def door_guard(limits: ServerLimits) -> dict:
+
+def queued_events(blocks, host: str) -> int:
+    """The events of IP address `host` that wait in, or are being run from, the gradio queue of `blocks`."""
+    queue = getattr(blocks, "_queue", None)
+    if queue is None:
+        return 0
+    waiting = [e for q in list(queue.event_queue_per_concurrency_id.values()) for e in list(q.queue)]
+    running = [e for job in list(queue.active_jobs) if job for e in job]
+    return sum(1 for e in waiting + running if client_address(getattr(e, "request", None)) == host)
+
+
+def door_guard(limits: ServerLimits, blocks=None) -> dict:
     """The per-address limits at the server's door, for `launch(app_kwargs=...)`: on a Space, visitors' addresses
-    taken from its proxy (trust_space_proxy), and QueueAdmission unless its rate is 0."""
+    taken from its proxy (trust_space_proxy), and QueueAdmission (the join rate, and with `blocks` the events held
+    in its queue) unless both are off."""
     from starlette.middleware import Middleware
 
     trust_space_proxy()
-    if limits.ip_joins_per_minute <= 0:
+    limiter = RateLimiter(limits.ip_joins_per_minute, limits.ip_join_burst) if limits.ip_joins_per_minute > 0 else None
+    cap = limits.ip_queued_max if blocks is not None else 0
+    if limiter is None and cap <= 0:
         return {}
-    limiter = RateLimiter(limits.ip_joins_per_minute, limits.ip_join_burst)
-    return {"middleware": [Middleware(QueueAdmission, limiter=limiter)]}
+    queued = (lambda host: queued_events(blocks, host)) if cap > 0 else None
+    return {"middleware": [Middleware(QueueAdmission, limiter=limiter, max_queued=cap, queued=queued)]}
 
 
 class Gate:

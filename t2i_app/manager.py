@@ -96,6 +96,8 @@ class RunManager:
         self._lock = threading.RLock()
         self.jobs = JobSupervisor(self.store, python, self.threads, self._lock, on_end=self.enforce_retention)
         self._opened = False
+        self.outputs_prune_every_s = 10.0
+        self._outputs_pruned = float("-inf")  # time.monotonic() of the last pruning of outputs/
         self._secret: str | None = None
         self._owner_ids: OwnerIds | None = None
         if open:
@@ -164,7 +166,11 @@ class RunManager:
     def new_output_dir(self) -> Path:
         """A fresh folder under outputs/ for files a visitor downloads (pruned by `enforce_retention`)."""
         self.open()
-        retention.prune_outputs(self.outputs_dir, time.time())  # within OUTPUT_TTL_S and the outputs cap
+        # Within OUTPUT_TTL_S and the outputs cap, at most every `outputs_prune_every_s`: a busy server makes a folder
+        # per request, and pruning walks them all.
+        if time.monotonic() - self._outputs_pruned >= self.outputs_prune_every_s:
+            self._outputs_pruned = time.monotonic()
+            retention.prune_outputs(self.outputs_dir, time.time())
         path = self.outputs_dir / uuid.uuid4().hex
         path.mkdir(parents=True)
         return path

@@ -227,6 +227,16 @@ def exemplar_items(pipe, out) -> list[tuple]:
     return items
 
 
+def as_files(items: list[tuple], folder: Path, stem: str) -> list[tuple[str, str]]:
+    """(PIL image, caption) pairs -> (PNG path, caption), each image written to `folder` as <stem>-<k>.png."""
+    out = []
+    for k, (image, caption) in enumerate(items, 1):
+        path = folder / f"{stem}-{k}.png"
+        image.save(path)
+        out.append((str(path), caption))
+    return out
+
+
 def first_value(choices: list[tuple[str, str]]) -> str | None:
     """The key of a dropdown's first (label, key) choice, or None."""
     return choices[0][1] if choices else None

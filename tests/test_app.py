@@ -228,11 +228,18 @@ def test_a_1mb_prompt_is_refused_at_once_and_a_flood_does_not_starve_others(clie
     assert time.perf_counter() - started < 1.0  # the round trip; the refusal itself is checked in test_app_limits
     assert gallery == [] and "1,000,000 characters" in status
     flooder = Client(app_url, verbose=False)
-    # Distinct seeds: identical images would share one cache file that gradio rewrites while serving it.
     jobs = [flooder.submit("a cat", "default", 100 + i, False, 1, 1.0, 1.0, 0, True, None, api_name="/generate")
             for i in range(25)]
-    statuses = [job.result(timeout=120)[2] for job in jobs]
-    assert sum("Too many requests" in s for s in statuses) >= 10
+
+    def answer(job) -> str:
+        try:
+            return job.result(timeout=120)[2]
+        except Exception as error:  # refused at the door (429): the address holds its most events in the queue
+            return str(error)
+
+    answers = [answer(job) for job in jobs]
+    refused = [a for a in answers if "Too many requests" in a or "429" in a]
+    assert len(refused) >= 10 and sum("Seed used" in a for a in answers) >= 5, answers
     gallery, _, status = generate(Client(app_url, verbose=False), "a red apple", n=1)  # another visitor
     assert len(gallery) == 1, status
 

@@ -3,7 +3,9 @@ never evict each other, owner ids the server signs, per-client request rates and
 
 from __future__ import annotations
 
+import asyncio
 import io
+import json
 import os
 import time
 import zipfile
@@ -16,7 +18,8 @@ from PIL import Image
 from t2i_app import RunManager
 from t2i_app.limits import (
     PRIVATE_NETWORKS, Gate, OwnerIds, QueueAdmission, RateLimiter, ServerLimits, TrainingQuota, animate_cost,
-    client_address, door_guard, generate_cost, prompt_problem, trust_space_proxy,
+    cap_malloc_arenas,
+    client_address, door_guard, generate_cost, prompt_problem, queued_events, trust_space_proxy,
 )
 from t2i_app.retention import tree_bytes
 from t2i_app.views import identify
@@ -71,6 +74,10 @@ def test_a_failed_upload_leaves_nothing_and_names_no_server_folder(tmp_path):
 def test_outputs_are_capped(tmp_path, monkeypatch):
     monkeypatch.setattr("t2i_app.retention.prune_outputs.__defaults__", (50_000,))
     manager = RunManager(tmp_path / "r")
+    for _ in range(10):  # within the pruning interval (10 s): outputs/ may outgrow the cap for that long
+        (manager.new_output_dir() / "clip.webp").write_bytes(os.urandom(20_000))
+    assert tree_bytes(manager.outputs_dir) == 10 * 20_000
+    manager.outputs_prune_every_s = 0.0
     for _ in range(10):
         (manager.new_output_dir() / "clip.webp").write_bytes(os.urandom(20_000))
         time.sleep(0.01)
@@ -147,8 +154,6 @@ def test_a_request_costs_in_proportion_to_the_pixels_it_makes():
 
 
 def test_one_address_cannot_fill_the_queue_that_every_visitor_shares():
-    import asyncio
-    import json
 
     passed = []
 
@@ -179,6 +184,47 @@ def test_one_address_cannot_fill_the_queue_that_every_visitor_shares():
     assert call("203.0.113.9", "/gradio_api/upload") == [] and len(passed) == 8
     assert door_guard(ServerLimits(ip_joins_per_minute=0)) == {}
     assert door_guard(ServerLimits())["middleware"][0].cls is QueueAdmission
+
+
+def test_one_address_holds_only_so_many_events_in_the_queue_however_slowly_it_joins():
+    """The join rate alone let one address keep a third of the queue: at most `ip_queued_max` of its events may
+    wait or run at once, counted in gradio's own queue; other addresses and its other calls pass."""
+    event = lambda host: SimpleNamespace(request=SimpleNamespace(client=SimpleNamespace(host=host)))  # noqa: E731
+    waiting = [event("203.0.113.9"), event("198.51.100.4"), event("203.0.113.9")]
+    queue = SimpleNamespace(event_queue_per_concurrency_id={"gen": SimpleNamespace(queue=waiting)},
+                            active_jobs=[None, [event("203.0.113.9")]])
+    blocks = SimpleNamespace(_queue=queue)
+    assert queued_events(blocks, "203.0.113.9") == 3 and queued_events(blocks, "192.0.2.1") == 0
+    assert queued_events(SimpleNamespace(), "203.0.113.9") == 0  # no queue yet: nothing held
+    passed = []
+
+    async def app(scope, receive, send):
+        passed.append(scope["client"][0])
+        waiting.append(event(scope["client"][0]))  # the join takes its place in the queue
+
+    guard = door_guard(ServerLimits(ip_queued_max=4), blocks)["middleware"][0]
+    door = guard.cls(app, **guard.kwargs)
+
+    def join(host: str) -> list[dict]:
+        sent = []
+
+        async def send(message):
+            sent.append(message)
+
+        asyncio.run(door({"type": "http", "method": "POST", "path": "/gradio_api/queue/join", "client": (host, 1)},
+                         None, send))
+        return sent
+
+    assert join("203.0.113.9") == [] and passed == ["203.0.113.9"]  # 3 held: a fourth joins
+    refused = join("203.0.113.9")
+    assert refused[0]["status"] == 429 and len(passed) == 1
+    assert json.loads(refused[1]["body"])["detail"] == (
+        "⚠ Your address already has 4 requests waiting or running; wait for them to finish and try again.")
+    assert join("198.51.100.4") == [] and passed[-1] == "198.51.100.4"  # another address still joins
+    waiting[:] = [e for e in waiting if e.request.client.host != "203.0.113.9"]  # its events finished
+    assert join("203.0.113.9") == [] and len(passed) == 3
+    assert door_guard(ServerLimits(ip_joins_per_minute=0, ip_queued_max=0), blocks) == {}
+    assert door_guard(ServerLimits(ip_joins_per_minute=0)) == {}  # no queue to count in
 
 
 def test_the_address_is_the_requests_and_a_space_trusts_its_proxy_for_it():
@@ -220,3 +266,12 @@ def test_the_training_slot_cannot_be_held_forever_under_new_owner_ids(tmp_path):
     manager.train_quota.charge("10.0.0.7", 60)
     with pytest.raises(ValueError, match="minutes of training"):
         manager.start(manager.owner_ids.issue(), "x", minutes=10, client="10.0.0.7")
+
+
+def test_malloc_arenas_are_capped_on_glibc_unless_the_operator_says_otherwise():
+    import platform
+
+    glibc = platform.libc_ver()[0] == "glibc"
+    assert cap_malloc_arenas({}) is glibc
+    assert cap_malloc_arenas({"T2I_MALLOC_ARENAS": "0"}) is False
+    assert cap_malloc_arenas({"MALLOC_ARENA_MAX": "4"}) is False  # the operator's own setting stands
