@@ -42,6 +42,36 @@ def test_exemplar_path_starts_as_the_text_only_generator_and_learns():
     assert torch.allclose(none, masked, atol=1e-6)
 
 
+def test_a_full_resolution_exemplar_path_is_added_to_a_trained_one_and_joins_the_last_block():
+    """An exemplar generator gains a full-resolution injection (the exemplar's own pixels, before the last block's
+    modulated convs): unchanged images until it learns, then the exemplar's fine detail reaches the output."""
+    gx = tiny_generator().with_exemplars((8,))
+    with torch.no_grad():
+        gx.exemplar_in["8"].weight.normal_(0, 0.1)
+    full = gx.with_exemplars((8, 16))
+    assert "16" in full.exemplar_in and hasattr(full.exemplar_encoder, "full")
+    z, states, pooled = torch.randn(2, 8), torch.randn(2, 5, 16), torch.randn(2, 16)
+    mask = torch.ones(2, 5, dtype=torch.bool)
+    exemplars = torch.rand(2, 1, 3, 16, 16) * 2 - 1
+    assert torch.allclose(gx(z, states, mask, pooled, exemplars=exemplars),
+                          full(z, states, mask, pooled, exemplars=exemplars), atol=1e-6)
+    full(z, states, mask, pooled, exemplars=exemplars).square().sum().backward()
+    assert full.exemplar_in["16"].weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        full.exemplar_in["16"].weight.normal_(0, 0.1)
+    # One changed pixel of the exemplar reaches the output at that pixel.
+    moved = exemplars.clone()
+    moved[:, :, :, 12, 12] = -moved[:, :, :, 12, 12]
+    diff = (full(z, states, mask, pooled, exemplars=exemplars) - full(z, states, mask, pooled, exemplars=moved)).abs()
+    assert diff[:, :, 12, 12].max() > 1e-4
+    for bad in ((8,), (8, 32)):
+        try:
+            full.with_exemplars(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad} was accepted")
+
+
 def test_bank_round_trip_shards_and_retrieval(tmp_path, monkeypatch):
     import t2i_core.models.bank as bank_module
 

@@ -72,9 +72,12 @@ class Generator(ModelMixin, ConfigMixin):
         # draws the same images until it learns to use it.
         if exemplar_resolutions:
             sizes = [4 * 2**s for s in range(n_up + 1)]
-            if any(r not in sizes[1:-1] for r in exemplar_resolutions):
-                raise ValueError(f"exemplar_resolutions must be among {sizes[1:-1]}, got {list(exemplar_resolutions)}")
-            widths = {r: channels[s] for s, r in enumerate(sizes) if r in exemplar_resolutions}
+            if any(r not in sizes[1:] for r in exemplar_resolutions):
+                raise ValueError(f"exemplar_resolutions must be among {sizes[1:]}, got {list(exemplar_resolutions)}")
+            # At the full resolution the exemplar joins the last block's input (after its upsampling), so that
+            # block's modulated convs, and with them the text, can still change what it passes on (a colour).
+            widths = {r: channels[s - 1 if r == resolution else s] for s, r in enumerate(sizes)
+                      if r in exemplar_resolutions}
             self.exemplar_encoder = ExemplarEncoder(resolution, widths)
             self.exemplar_in = nn.ModuleDict({str(r): nn.Conv2d(c, c, 1) for r, c in widths.items()})
             for conv in self.exemplar_in.values():
@@ -114,10 +117,11 @@ class Generator(ModelMixin, ConfigMixin):
         return bool(self.config.exemplar_resolutions)
 
     def with_exemplars(self, resolutions: tuple, seed: int = 0) -> "Generator":
-        """A copy that also draws on exemplars at these resolutions; it computes this generator's images until its
-        (zero-initialised) injections learn."""
-        if self.uses_exemplars:
-            raise ValueError("this generator already draws on exemplars")
+        """A copy that also draws on exemplars at these resolutions (a superset of those it has); it computes this
+        generator's images until its new (zero-initialised) injections learn."""
+        have = set(self.config.exemplar_resolutions)
+        if not have < set(resolutions):
+            raise ValueError(f"exemplar resolutions {sorted(resolutions)} must add to this generator's {sorted(have)}")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             new = Generator(**{**dict(self.config), "exemplar_resolutions": tuple(int(r) for r in resolutions)})
@@ -146,13 +150,17 @@ class Generator(ModelMixin, ConfigMixin):
 
         exemplar_features: `encode_exemplars`' output for the same B images (None: the text-only path)."""
         x = self.input(w).view(w.shape[0], -1, 4, 4)
-        for block in self.blocks:
-            x = block(x, w)
-            key = str(x.shape[-1])
+        features = exemplar_features or {}
+        full = str(self.config.resolution)
+        for i, block in enumerate(self.blocks):
+            key = str(x.shape[-1] * 2)
+            # The full resolution's exemplar joins the last block's input; the others join a block's output.
+            into = self.exemplar_in[key](features[key]) if key == full and key in features else None
+            x = block(x, w, into)
             if key in self.attention:
                 x = self.attention[key](x, states, mask)
-            if exemplar_features is not None and key in exemplar_features:
-                x = x + self.exemplar_in[key](exemplar_features[key])
+            if key != full and key in features:
+                x = x + self.exemplar_in[key](features[key])
         return torch.tanh(self.to_rgb(F.leaky_relu(x, 0.2)))
 
     def forward(

@@ -41,8 +41,11 @@ class GBlock(nn.Module):
         self.mod2 = Modulation(w_dim, out_ch)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
-    def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, w: torch.Tensor, added: torch.Tensor | None = None) -> torch.Tensor:
+        """added: (B, C_in, 2H, 2W) features summed with the upsampled input (a full-resolution exemplar)."""
         x = F.interpolate(x, scale_factor=2, mode="nearest")
+        if added is not None:
+            x = x + added
         # Each conv output is normalised per sample (one group: C, H, W together) before the style modulates it,
         # so activations cannot grow block after block and saturate the output tanh (gradients then vanish).
         h = F.leaky_relu(self.mod1(F.group_norm(self.conv1(x), 1), w), 0.2)
@@ -100,17 +103,27 @@ class ExemplarEncoder(nn.Module):
     """Retrieved exemplar images -> feature maps for the generator. (N, 3, R, R) in [-1, 1] -> {str(r): (N, C_r, r, r)}.
 
     Each stage halves the resolution (a strided 4x4 conv, then a 3x3 conv), from R down to the smallest r in
-    `widths` (resolution -> channels); stages between the listed resolutions take the next listed width.
+    `widths` (resolution -> channels); stages between the listed resolutions take the next listed width. R itself
+    may be listed: a separate branch of two 3x3 convs (16 wide) at full resolution then serves it.
     """
+
+    FULL_WIDTH = 16
 
     def __init__(self, resolution: int, widths: dict[int, int]):
         super().__init__()
         self.outputs = sorted(widths, reverse=True)
+        if resolution in widths:
+            c = self.FULL_WIDTH
+            self.full = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.LeakyReLU(0.2),
+                                      nn.Conv2d(c, c, 3, padding=1), nn.LeakyReLU(0.2),
+                                      nn.Conv2d(c, widths[resolution], 1))
+        self.resolution = resolution
         self.stages = nn.ModuleList()
         in_ch, res = 3, resolution
-        while res > min(widths):
+        lower = [r for r in widths if r < resolution]
+        while lower and res > min(lower):
             res //= 2
-            out_ch = widths.get(res) or widths[min(r for r in widths if r < res)]
+            out_ch = widths.get(res) or widths[min(r for r in lower if r < res)]
             self.stages.append(nn.Sequential(
                 nn.Conv2d(in_ch, out_ch, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
                 nn.Conv2d(out_ch, out_ch, 3, padding=1), nn.LeakyReLU(0.2),
@@ -118,7 +131,7 @@ class ExemplarEncoder(nn.Module):
             in_ch = out_ch
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = {}
+        out = {str(self.resolution): self.full(x)} if self.resolution in self.outputs else {}
         for stage in self.stages:
             x = stage(x)
             if x.shape[-1] in self.outputs:

@@ -71,8 +71,8 @@ class TrainConfig:
     ema_rampup: float = option(0.05, "EMA half-life ramp-up as a share of images seen (0 = off)")
     # Exemplars (training/exemplars.py): what the generator draws on besides the text.
     exemplar_resolutions: tuple[int, ...] = option((), "resolutions at which the generator takes in retrieved "
-                                                        "exemplars, e.g. 8 16 32; a loaded model without the path "
-                                                        "gains it (empty: a model's own setting)")
+                                                        "exemplars, e.g. 8 16 32 64; a loaded model gains those "
+                                                        "it lacks (empty: a model's own setting)")
     exemplar_init: str = option("zero", "a loaded model's new exemplar injections: 'zero' (its images unchanged at "
                                         "first) or 'random' (on from the first step)")
     exemplar_lr_mult: float = option(1.0, "learning rate of the exemplar path as a multiple of --lr-g (it also "

@@ -56,12 +56,14 @@ def build_models(cfg: TrainConfig, text_dim: int, pooled_dim: int) -> tuple[Gene
     else:
         torch.manual_seed(cfg.seed)
         d = Discriminator(resolution=g.config.resolution, pooled_dim=g.config.pooled_dim)
-    if cfg.exemplar_resolutions and not g.uses_exemplars:
-        g = g.with_exemplars(cfg.exemplar_resolutions, seed=cfg.seed)
+    have = set(g.config.exemplar_resolutions)
+    if set(cfg.exemplar_resolutions) - have:
+        g = g.with_exemplars(tuple(sorted(have | set(cfg.exemplar_resolutions))), seed=cfg.seed)
         if cfg.exemplar_init == "random":
             torch.manual_seed(cfg.seed)
-            for conv in g.exemplar_in.values():
-                conv.reset_parameters()
+            for r, conv in g.exemplar_in.items():
+                if int(r) not in have:
+                    conv.reset_parameters()
     for name, want, model in (("g_channels", cfg.g_channels, g), ("d_channels", cfg.d_channels, d)):
         if want and tuple(want) != tuple(model.config.channels):
             raise ValueError(f"--{name.replace('_', '-')} {list(want)} differs from the model in {path} "
