@@ -106,6 +106,11 @@ def test_sampler_never_gives_a_target_itself_unless_recoloured():
         else:
             assert target not in chosen
     assert picks.recolour.any() and (picks.exemplars[:, 0] >= 0).all()
+    # Asked for, a share of the others draws on the target itself, as a prompt's nearest caption does at generation.
+    picks = sampler.pick(idx, torch.Generator().manual_seed(0), slots=2, exemplar_prob=1.0, recolour_prob=0.0,
+                         self_prob=0.4)
+    own = (picks.exemplars[:, 0] == idx).float().mean().item()
+    assert 0.25 < own < 0.55 and not (picks.exemplars[:, 1] == idx).any()
 
 
 def test_recolour_turns_saturated_pixels_to_the_named_hue_and_keeps_grey():

@@ -80,6 +80,9 @@ class TrainConfig:
     exemplar_prob: float = option(0.85, "share of (not recoloured) samples trained with an exemplar")
     exemplar_same_group: float = option(0.5, "share of exemplars showing the target's own group in another image "
                                              "(another style of the same emoji)")
+    exemplar_self: float = option(0.0, "share of (not recoloured) samples with an exemplar whose first exemplar is "
+                                       "the target image itself (at generation, a prompt's nearest caption is often "
+                                       "the very picture wanted)")
     exemplar_slots: int = option(2, "exemplars per sample at most")
     exemplar_second_prob: float = option(0.3, "chance that a sample with an exemplar gets a second one")
     recolour_prob: float = option(0.3, "share of samples turned to a named colour, the caption saying which")

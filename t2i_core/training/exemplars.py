@@ -1,5 +1,5 @@
-"""What training feeds an exemplar generator: exemplars that are never the target, recoloured targets whose caption
-says what the exemplar does not, and hard negative captions for the discriminator.
+"""What training feeds an exemplar generator: exemplars that are not the target (or, for a share, the target itself),
+recoloured targets whose caption says what the exemplar does not, and hard negative captions for the discriminator.
 
 Groups: an image's group names what it depicts regardless of style (its first alternative caption, e.g. the emoji's
 CLDR label "red apple" for "red apple, twitter style"; else its caption). An exemplar comes from the target's group
@@ -75,14 +75,19 @@ class ExemplarSampler:
         return int(row[int(torch.randint(len(row), (1,), generator=gen))]) if len(row) else -1
 
     def pick(self, idx: torch.Tensor, gen: torch.Generator, slots: int = 2, exemplar_prob: float = 0.85,
-             same_group_prob: float = 0.5, second_prob: float = 0.3, recolour_prob: float = 0.3) -> ExemplarPicks:
-        """Draw exemplars, recolouring and hard negatives for targets idx (B,), from `gen` only (reproducible)."""
+             same_group_prob: float = 0.5, second_prob: float = 0.3, recolour_prob: float = 0.3,
+             self_prob: float = 0.0) -> ExemplarPicks:
+        """Draw exemplars, recolouring and hard negatives for targets idx (B,), from `gen` only (reproducible).
+
+        self_prob: share of (not recoloured) samples with an exemplar whose first one is the target itself, as at
+        generation time, when a prompt's nearest caption is often its own picture."""
         b = len(idx)
         exemplars = torch.full((b, slots), -1, dtype=torch.long)
         negatives = torch.full((b,), -1, dtype=torch.long)
         u = torch.rand(b, 5, generator=gen)
         colour_names = list(COLOURS)
         colour_pick = torch.randint(len(colour_names), (b,), generator=gen)
+        own = torch.rand(b, generator=gen) < self_prob if self_prob > 0 else torch.zeros(b, dtype=torch.bool)
         groups = self.group_ids[idx]
         recolour = (u[:, 0] < recolour_prob) & self.recolourable[groups] & self.colourful[idx]
         colours: list[str | None] = []
@@ -100,6 +105,9 @@ class ExemplarSampler:
             for s in range(slots):
                 if s > 0 and u[i, 4] >= second_prob:
                     break
+                if s == 0 and own[i]:
+                    exemplars[i, s] = target
+                    continue
                 same = s == 0 and u[i, 3] < same_group_prob
                 j = self.member(group, gen, exclude=target) if same else -1
                 if j < 0:
