@@ -92,11 +92,18 @@ class RssMonitor(threading.Thread):
 
         super().__init__(daemon=True)
         self.process, self.peak, self.last, self.done = psutil.Process(pid), 0, 0, threading.Event()
+        self.series: list[tuple[float, int]] = []  # (time.monotonic(), bytes) of every sample
 
     def sample(self) -> int:
         self.last = self.process.memory_info().rss
         self.peak = max(self.peak, self.last)
+        self.series.append((time.monotonic(), self.last))
         return self.last
+
+    def at(self, when: float) -> int | None:
+        """The last sample taken at or before `when`."""
+        before = [rss for t, rss in self.series if t <= when]
+        return before[-1] if before else None
 
     def run(self) -> None:
         while not self.done.wait(1.0):
@@ -293,7 +300,11 @@ def measure(args: argparse.Namespace, proc, url: str, work: Path) -> dict:
     alive = proc.poll() is None and serves(url)
     rss.done.set()
     rss_end = rss.sample() if alive else None
+    # Memory through the visitors' window, in quarters: growth that levels off is buffers and caches filling up;
+    # growth that goes on is a leak.
+    quarters = [rss.at(window_start + q * args.seconds / 4) for q in range(5)]
     return {"calls": calls, "flood": list(flood), "joins": joins, "alive": alive, "rss": (rss_start, rss.peak, rss_end),
+            "rss_quarters": quarters,
             "finetune": watcher.outcome(started, stop_at) if args.finetune else None,
             "phases": {k: round(v, 1) for k, v in phases.items()}}
 
@@ -328,6 +339,7 @@ def summarise(args: argparse.Namespace, raw: dict, log: str) -> dict:
         "hostile_examples": sorted({f"{f['endpoint']} {f['outcome']}: {f['status'][:120]}" for f in flood})[:12],
         "rss_start_mb": mb(rss_start), "rss_peak_mb": mb(rss_peak), "rss_end_mb": mb(rss_end),
         "rss_growth_mb": None if rss_end is None else mb(rss_end - rss_start),
+        "rss_window_quarters_mb": [mb(b) for b in raw.get("rss_quarters", [])],
         "finetune": finetune, "server_alive": raw["alive"], "server_tracebacks": len(unexpected),
         # gradio prints a traceback for each request its components refuse (gr.Error: "Value -5 is less than
         # minimum value 0."): a one-line answer to that client, counted apart.
@@ -364,6 +376,8 @@ def print_table(r: dict) -> None:
          ", ".join(f"{k}: {v}" for k, v in sorted(r["hostile_raw_joins"].items())) or "none", "no 503"),
         ("server RSS after warm-up / peak / end", f"{r['rss_start_mb']} / {r['rss_peak_mb']} / {r['rss_end_mb']} MB",
          "no growth"),
+        ("server RSS at each quarter of the visitors' window",
+         " / ".join(str(q) for q in r["rss_window_quarters_mb"]) + " MB", "levels off"),
         ("fine-tune", tune, "finishes"),
         ("server still serving; tracebacks in its log", f"{'yes' if r['server_alive'] else 'NO'}; "
                                                         f"{r['server_tracebacks']} (and {r['refusal_tracebacks']} of "

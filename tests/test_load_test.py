@@ -33,4 +33,5 @@ def test_visitors_are_served_while_a_fine_tune_trains_and_a_hostile_client_flood
     assert r["hostile"]["rate limited"] > 0, r["hostile_examples"]
     assert r["hostile_raw_joins"].get("429", 0) > 0 and "503" not in r["hostile_raw_joins"], r["hostile_raw_joins"]
     assert 0 < r["rss_start_mb"] <= r["rss_peak_mb"] and r["rss_end_mb"] > 0
+    assert len(r["rss_window_quarters_mb"]) == 5 and all(q and q > 0 for q in r["rss_window_quarters_mb"])
     assert r["ok"] and json.loads(out.read_text())["visitor_failures"] == 0
