@@ -28,9 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import gradio as gr  # noqa: E402
 
 from t2i_app import DEFAULT_MODEL_KEY, RUNNING, SCRATCH_KEY, BusyError, PipelineCache, RunManager  # noqa: E402
-from t2i_app.limits import (  # noqa: E402
-    Gate, animate_cost, cap_malloc_arenas, client_address, door_guard, generate_cost,
-)
+from t2i_app.limits import Gate, animate_cost, cap_malloc_arenas, client_address, door_guard, generate_cost  # noqa
 from t2i_app.views import (  # noqa: E402
     CREDITS, CSS, EMPTY_PROMPT, EXAMPLES, FINETUNE_INTRO, GUIDANCE_HINT, NO_DEFAULT_MODEL, NO_RUN_YET, READ_LOSSES,
     SIZES, about_sections, as_files, chosen_seed, exemplar_items, first_value, identify, loss_frame, model_label,
@@ -123,13 +121,10 @@ def generate(prompt, model_key, seed, randomize, num_images, truncation, guidanc
     except ValueError as error:
         gr.Warning(str(error))
         return [], gr.skip(), f"⚠ {error}", []
-    # Files in a fresh folder, not PIL images: gradio writes a returned image to a path named by its content, in
-    # place, so two visitors given the same picture (same prompt and seed, or the same exemplar) raced, and one
-    # download was cut short. A file is copied into gradio's cache atomically.
-    folder = manager.new_output_dir()
+    folder = manager.new_output_dir()  # files, not PIL images: see as_files
     items = as_files([(image, f"seed {s}") for image, s in zip(out.images, out.seeds)], folder, "image")
-    drawn_on = as_files(exemplar_items(pipe, out), folder, "exemplar")
-    return items, used, seed_status(used, retrieval and pipe.max_exemplars == 0), drawn_on
+    return items, used, seed_status(used, retrieval and pipe.max_exemplars == 0), as_files(
+        exemplar_items(pipe, out), folder, "exemplar")
 
 
 def animate(p1, p2, p3, p4, frames, fps, seed, randomize, truncation, model_key, size, owner, request: gr.Request):
@@ -388,12 +383,9 @@ def main() -> None:
         # Served files: only fresh random folders of downloads; never runs, uploads or the browser secret.
         allowed_paths=[str(manager.outputs_dir)],
         blocked_paths=[str(manager.runs_dir), str(manager.uploads_dir), str(manager.root / ".browser_secret")],
-        prevent_thread_lock=True,
-        ssr_mode=False,
+        prevent_thread_lock=True, ssr_mode=False,
         run_history=False,  # nothing recorded in browsers; the footer's "Runs" would be confused with training runs
-        footer_links=["api", "gradio", "settings"],
-        theme=THEME,
-        css=CSS,
+        footer_links=["api", "gradio", "settings"], theme=THEME, css=CSS,
     )
     default = manager.default_model_path()
     if default is not None:

@@ -228,7 +228,11 @@ def exemplar_items(pipe, out) -> list[tuple]:
 
 
 def as_files(items: list[tuple], folder: Path, stem: str) -> list[tuple[str, str]]:
-    """(PIL image, caption) pairs -> (PNG path, caption), each image written to `folder` as <stem>-<k>.png."""
+    """(PIL image, caption) pairs -> (PNG path, caption), each image written to `folder` as <stem>-<k>.png.
+
+    The app returns files in a fresh folder, not PIL images: gradio writes a returned image to a path named by its
+    content, in place, so two visitors given the same picture (the same prompt and seed, or the same exemplar) raced
+    and one download was cut short. A file is copied into gradio's cache atomically."""
     out = []
     for k, (image, caption) in enumerate(items, 1):
         path = folder / f"{stem}-{k}.png"
