@@ -99,6 +99,8 @@ class TextEncoder(nn.Module):
         else:
             self.model = AutoModel.from_pretrained(path)
             self.dim = self.pooled_dim = self.model.config.hidden_size
+            if config.model_type == "bert" and getattr(self.model, "pooler", None) is not None:
+                self.model.pooler = None  # BERT's pooler output is never used (we pool the states); skip computing it
         limit = getattr(self.tokenizer, "model_max_length", max_length) or max_length
         self.max_length = min(max_length, limit, getattr(self.model.config, "max_position_embeddings", max_length))
         self.model.eval().requires_grad_(False)

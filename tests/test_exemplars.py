@@ -93,6 +93,26 @@ def test_bank_round_trip_shards_and_retrieval(tmp_path, monkeypatch):
     assert torch.equal(loaded.retrieve(bank.vectors[:4], 1, seeds=[3] * 4), loaded.retrieve(bank.vectors[:4], 1, seeds=[3] * 4))
 
 
+def test_one_image_search_in_half_precision_finds_what_the_full_precision_search_finds():
+    # A bank big enough for the fp16 first pass (one or two queries); its ranking must be the fp32 one's.
+    gen = torch.Generator().manual_seed(0)
+    n = 3000
+    vectors = torch.nn.functional.normalize(torch.randn(n, 64, generator=gen), dim=-1)
+    bank = ExemplarBank(torch.zeros(n, 3, 8, 8, dtype=torch.uint8), vectors, [f"c{i}" for i in range(n)],
+                        [f"g{i // 3}" for i in range(n)])
+    # Queries near an entry (a near tie among a few) and random ones.
+    queries = torch.nn.functional.normalize(
+        torch.cat([vectors[:20] + 0.05 * torch.randn(20, 64, generator=gen), torch.randn(20, 64, generator=gen)]), dim=-1)
+    for rows in (queries[i : i + 2] for i in range(0, 40, 2)):
+        for q in (rows[:1], rows):
+            sims, idx = bank._nearest(q, 64)
+            full_sims, full_idx = (q @ vectors.T).topk(64, dim=1)
+            assert torch.equal(idx, full_idx)
+            assert torch.allclose(sims, full_sims, atol=1e-6)
+            assert bank._half is not None  # the fp16 pass ran
+    assert torch.equal(bank.retrieve(queries[:1], 3, seeds=[7]), bank.retrieve(queries[:1], 3, seeds=[7]))
+
+
 def test_sampler_never_gives_a_target_itself_unless_recoloured():
     group_ids = torch.tensor([0, 0, 1, 1, 2, 3, 3, 3])
     sampler = ExemplarSampler(group_ids, ["cat face", "dog face", "red heart", "apple"], torch.randn(4, 16), neighbours=2)
