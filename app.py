@@ -380,6 +380,7 @@ def main() -> None:
         server_port=int(os.environ.get("GRADIO_SERVER_PORT") or 7860),
         max_file_size=f"{MAX_UPLOAD_MB}mb",
         app_kwargs=door_guard(manager.server_limits, demo),  # per-address queue admission; a Space's proxy trusted
+        state_session_capacity=manager.server_limits.sessions_max,  # gradio keeps 10,000 sessions' page state
         # Served files: only fresh random folders of downloads; never runs, uploads or the browser secret.
         allowed_paths=[str(manager.outputs_dir)],
         blocked_paths=[str(manager.runs_dir), str(manager.uploads_dir), str(manager.root / ".browser_secret")],

@@ -35,6 +35,7 @@ class ServerLimits:
     ip_joins_per_minute: float = 600.0  # events (any: page polls too) one address may add to the queue; 0 = off
     ip_join_burst: int = 60
     ip_queued_max: int = 8  # events one address may have waiting or running in the queue at once; 0 = off
+    sessions_max: int = 1000  # browser sessions whose page state the server keeps (about 150 KB each); oldest go
 
     @classmethod
     def from_env(cls) -> "ServerLimits":
@@ -43,7 +44,8 @@ class ServerLimits:
                    int(env("T2I_RATE_BURST") or 10), float(env("T2I_MAX_RUN_MINUTES") or 60),
                    float(env("T2I_CLIENT_TRAIN_MINUTES") or 120), float(env("T2I_IP_RATE_PER_MIN") or 120),
                    int(env("T2I_IP_RATE_BURST") or 40), float(env("T2I_IP_JOINS_PER_MIN") or 600),
-                   int(env("T2I_IP_JOIN_BURST") or 60), int(env("T2I_IP_QUEUED_MAX") or 8))
+                   int(env("T2I_IP_JOIN_BURST") or 60), int(env("T2I_IP_QUEUED_MAX") or 8),
+                   max(1, int(env("T2I_SESSIONS_MAX") or 1000)))
 
 
 def prompt_problem(prompts: list, max_chars: int) -> str | None:

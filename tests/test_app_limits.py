@@ -275,3 +275,35 @@ def test_malloc_arenas_are_capped_on_glibc_unless_the_operator_says_otherwise():
     assert cap_malloc_arenas({}) is glibc
     assert cap_malloc_arenas({"T2I_MALLOC_ARENAS": "0"}) is False
     assert cap_malloc_arenas({"MALLOC_ARENA_MAX": "4"}) is False  # the operator's own setting stands
+
+
+def test_a_flood_of_fresh_sessions_keeps_only_so_many_pages_in_memory(monkeypatch):
+    """gradio keeps each session's copy of the page (about 150 KB for ours) for up to 10,000 sessions: a client that
+    joins under a fresh session hash each time grew the server by 1.5 GB. The app keeps `sessions_max`, oldest out."""
+    import gc
+    import tracemalloc
+
+    import app
+    from gradio.state_holder import StateHolder
+
+    monkeypatch.setenv("T2I_SESSIONS_MAX", "5")
+    limits = ServerLimits.from_env()
+    assert limits.sessions_max == 5 and ServerLimits().sessions_max == 1000
+    assert "sessions_max" in app.main.__code__.co_names  # main() hands it to launch(state_session_capacity=...)
+    monkeypatch.setattr(app.demo, "state_session_capacity", limits.sessions_max)
+    holder = StateHolder()
+    holder.set_blocks(app.demo)
+    gc.collect()
+    tracemalloc.start()
+    try:
+        for i in range(5):
+            holder[f"visitor-{i}"]
+        kept_5 = tracemalloc.get_traced_memory()[0]
+        for i in range(30):
+            holder[f"flood-{i}"]
+        gc.collect()
+        kept_after_flood = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert len(holder.session_data) == 5 and "flood-29" in holder and "visitor-0" not in holder
+    assert kept_after_flood < 1.5 * kept_5, (kept_5, kept_after_flood)  # seven times the sessions, no more memory
