@@ -111,6 +111,38 @@ def test_one_image_search_in_half_precision_finds_what_the_full_precision_search
             assert torch.allclose(sims, full_sims, atol=1e-6)
             assert bank._half is not None  # the fp16 pass ran
     assert torch.equal(bank.retrieve(queries[:1], 3, seeds=[7]), bank.retrieve(queries[:1], 3, seeds=[7]))
+    # With group names, an entry scores the better of its caption and its group's name; the same holds.
+    bank.group_vectors = torch.nn.functional.normalize(torch.randn(n // 3, 64, generator=gen), dim=-1)
+    rows = bank.group_rows()
+    for q in (queries[:1], queries[20:22], bank.group_vectors[5:6]):
+        sims, idx = bank._nearest(q, 64)
+        full = torch.maximum(q @ vectors.T, (q @ bank.group_vectors.T)[:, rows])
+        # A group's entries may tie on its name: compare the scores, and each pick's score.
+        assert torch.allclose(sims, full.topk(64, dim=1).values, atol=1e-6)
+        assert torch.allclose(full.gather(1, idx), sims, atol=1e-6)
+    assert set(bank._nearest(bank.group_vectors[5:6], 3)[1][0].tolist()) == {15, 16, 17}  # group g5's entries
+
+
+def test_a_prompt_finds_the_picture_by_its_name_when_its_captions_sit_elsewhere(text_encoder, tmp_path):
+    # In the emoji corpus the red car is named "automobile"; its captions sit nearer "racing car, ..." than the
+    # prompt does, but the name is what the prompt means.
+    captions = ["automobile, google style", "racing car, fluent contrast style", "automobile, twitter style",
+                "racing car, google style"]
+    groups = ["automobile", "racing car", "automobile", "racing car"]
+    images = torch.arange(4, dtype=torch.uint8).view(4, 1, 1, 1).expand(4, 3, 8, 8).contiguous()
+    bank = ExemplarBank.build(images, captions, groups, text_encoder)
+    query = text_encoder(["a red car"]).pooled
+    by_caption = ExemplarBank(bank.images, bank.vectors, bank.captions, bank.groups)
+    assert by_caption.retrieve(query, 1)[0, 0] == 1 and bank.retrieve(query, 1)[0, 0] == 0
+    loaded = ExemplarBank.load(bank.save(tmp_path / "bank"))
+    assert loaded.group_vectors.shape == (2, text_encoder.pooled_dim) and loaded.retrieve(query, 1)[0, 0] == 0
+    # Merged with an upload's pairs (groups = their captions), every group keeps a vector.
+    upload = ExemplarBank.build(images[:1], ["a red car drawn by me"], None, text_encoder)
+    assert upload.group_vectors is None
+    merged = loaded.merged(upload)
+    assert merged.group_names == ["automobile", "racing car", "a red car drawn by me"]
+    assert merged.retrieve(query, 1)[0, 0] == 4
+    assert torch.allclose(merged.group_vectors[2], upload.vectors[0])
 
 
 def test_sampler_never_gives_a_target_itself_unless_recoloured():

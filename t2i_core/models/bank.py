@@ -4,6 +4,8 @@
       bank.json                     captions, groups, resolution, shard names
       bank-00000.safetensors        uint8 images (N_i, 3, R, R) and unit-norm fp16 caption sentence vectors (N_i, D);
                                     shards stay under 10 MB each (the Hub's limit outside LFS)
+      groups.safetensors            optional: unit-norm fp16 sentence vectors of the group names (G, D), in their
+                                    order of first appearance in bank.json's groups; retrieval then also matches them
 
 A group names what an entry depicts regardless of its style (for the emoji corpus, the CLDR label): training uses
 it to pick an exemplar that is never the target image itself, and retrieval to avoid picking two of one kind.
@@ -22,18 +24,39 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 MAX_SHARD_BYTES = 9_500_000  # under the Hub's 10 MB limit for files outside LFS
+GROUPS_FILE = "groups.safetensors"  # fp16 sentence vectors of the group names (G, D), when the bank has them
 
 
 @dataclass
 class ExemplarBank:
-    """images (N, 3, R, R) uint8; vectors (N, D) unit-norm caption sentence vectors; captions and groups (N,)."""
+    """images (N, 3, R, R) uint8; vectors (N, D) unit-norm caption sentence vectors; captions and groups (N,);
+    group_vectors (G, D): unit-norm sentence vectors of the group names, in their order of first appearance in
+    `groups` (None: retrieval by captions alone)."""
 
     images: torch.Tensor
     vectors: torch.Tensor
     captions: list[str]
     groups: list[str]
-    # (vectors, their fp16 copy) for the search's first pass; made on first use.
+    group_vectors: torch.Tensor | None = None
+    # (vectors, their fp16 copy) for the search's first pass, and each entry's group row; made on first use.
     _half: tuple | None = field(default=None, init=False, repr=False, compare=False)
+    _group_rows: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.group_vectors is not None and len(self.group_vectors) != len(self.group_names):
+            raise ValueError(f"{len(self.group_vectors)} group vectors for {len(self.group_names)} groups")
+
+    @property
+    def group_names(self) -> list[str]:
+        """The distinct groups, in their order of first appearance (the rows of group_vectors)."""
+        return list(dict.fromkeys(self.groups))
+
+    def group_rows(self) -> torch.Tensor:
+        """Each entry's row in group_vectors (N,)."""
+        if self._group_rows is None or len(self._group_rows) != len(self):
+            row = {g: i for i, g in enumerate(self.group_names)}
+            self._group_rows = torch.tensor([row[g] for g in self.groups], dtype=torch.long)
+        return self._group_rows
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -50,18 +73,42 @@ class ExemplarBank:
             raise ValueError(f"bank images must be (N, 3, R, R) uint8, got {tuple(images.shape)} {images.dtype}")
         if len(captions) != len(images):
             raise ValueError(f"{len(images)} images but {len(captions)} captions")
-        vectors = []
-        for i in range(0, len(captions), batch):
-            vectors.append(text_encoder(captions[i : i + batch]).pooled.float().cpu())
-        vectors = F.normalize(torch.cat(vectors) if vectors else torch.zeros(0, text_encoder.pooled_dim), dim=-1)
-        return cls(images.contiguous(), vectors, list(captions), list(groups or captions))
+        groups = list(groups or captions)
+
+        def encode(texts: list[str]) -> torch.Tensor:
+            parts = [text_encoder(texts[i : i + batch]).pooled.float().cpu() for i in range(0, len(texts), batch)]
+            return F.normalize(torch.cat(parts) if parts else torch.zeros(0, text_encoder.pooled_dim), dim=-1)
+
+        vectors = encode(list(captions))
+        bank = cls(images.contiguous(), vectors, list(captions), groups)
+        if groups != list(captions):  # groups that name what an entry depicts: retrieval also matches those names
+            bank.group_vectors = encode(bank.group_names)
+        return bank
+
+    def with_group_vectors(self, text_encoder, batch: int = 256) -> "ExemplarBank":
+        """This bank with its group names encoded (for a bank saved without them)."""
+        names = self.group_names
+        parts = [text_encoder(names[i : i + batch]).pooled.float().cpu() for i in range(0, len(names), batch)]
+        vectors = F.normalize(torch.cat(parts), dim=-1) if parts else torch.zeros(0, self.vectors.shape[1])
+        return ExemplarBank(self.images, self.vectors, self.captions, self.groups, vectors)
 
     def merged(self, other: "ExemplarBank") -> "ExemplarBank":
         """This bank's entries followed by `other`'s (same resolution and vector width)."""
         if other.images.shape[1:] != self.images.shape[1:] or other.vectors.shape[1] != self.vectors.shape[1]:
             raise ValueError("cannot merge banks of different resolutions or text encoders")
-        return ExemplarBank(torch.cat([self.images, other.images]), torch.cat([self.vectors, other.vectors]),
-                            self.captions + other.captions, self.groups + other.groups)
+        merged = ExemplarBank(torch.cat([self.images, other.images]), torch.cat([self.vectors, other.vectors]),
+                              self.captions + other.captions, self.groups + other.groups)
+        # Group vectors: each group's from the bank that has it; a group named by its own caption (an upload's
+        # pairs) takes that caption's vector. If any group has none, retrieval uses captions alone.
+        known = {}
+        for bank in (self, other):
+            if bank.group_vectors is not None:
+                known.update({g: v for g, v in zip(bank.group_names, bank.group_vectors) if g not in known})
+            known.update({c: v for c, g, v in zip(bank.captions, bank.groups, bank.vectors) if c == g and g not in known})
+        names = merged.group_names
+        if (self.group_vectors is not None or other.group_vectors is not None) and all(g in known for g in names):
+            merged.group_vectors = torch.stack([known[g].float() for g in names])
+        return merged
 
     # Retrieval.
 
@@ -98,17 +145,27 @@ class ExemplarBank:
         return torch.tensor(out, dtype=torch.long)
 
     def _nearest(self, query: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unit query vectors (B, D) -> the n most similar entries' cosine similarities and indices (B, n), best first.
+        """Unit query vectors (B, D) -> the n best entries' similarities and indices (B, n), best first.
 
+        An entry's similarity is the cosine of the query with its caption or, when the bank has group vectors, with
+        its group's name, whichever is higher: "a red car" then finds the emoji named "automobile" although its
+        captions ("automobile, google style") sit nearer to "racing car, fluent style".
         For one or two queries (one image at a time) a first pass in fp16 reads half the bytes (about 4x faster on a
         CPU: the fp32 vectors of 14k entries do not stay in cache), then the best 2n are scored again in fp32, so the
         result is the fp32 search's. Larger batches are faster in one fp32 matrix product."""
+        names = None
+        if self.group_vectors is not None:
+            names = (query @ self.group_vectors.float().T)[:, self.group_rows()]  # (B, N)
         if len(query) > 2 or len(self) <= 4 * n:
-            return (query @ self.vectors.float().T).topk(n, dim=1)
+            sims = query @ self.vectors.float().T
+            return (sims if names is None else torch.maximum(sims, names)).topk(n, dim=1)
         if self._half is None or self._half[0] is not self.vectors:
             self._half = (self.vectors, self.vectors.half())
-        coarse = (self._half[1] @ query.half().T).T.topk(2 * n, dim=1).indices  # (B, 2n)
+        coarse = (self._half[1] @ query.half().T).T.float()  # (B, N)
+        coarse = (coarse if names is None else torch.maximum(coarse, names)).topk(2 * n, dim=1).indices  # (B, 2n)
         exact = torch.einsum("bd,bkd->bk", query, self.vectors[coarse].float())
+        if names is not None:
+            exact = torch.maximum(exact, names.gather(1, coarse))
         sims, order = exact.topk(n, dim=1)
         return sims, coarse.gather(1, order)
 
@@ -136,6 +193,10 @@ class ExemplarBank:
             shards.append(name)
         meta = {"entries": len(self), "resolution": self.resolution, "vector_dim": int(self.vectors.shape[1]),
                 "shards": shards, "captions": self.captions, "groups": self.groups}
+        if self.group_vectors is not None:
+            save_file({"vectors": self.group_vectors.half().contiguous()}, str(folder / GROUPS_FILE))
+            os.chmod(folder / GROUPS_FILE, 0o644)
+            meta["group_vectors"] = GROUPS_FILE
         (folder / "bank.json").write_text(json.dumps(meta, ensure_ascii=False))
         return folder
 
@@ -157,4 +218,11 @@ class ExemplarBank:
         vectors = torch.cat([p["vectors"] for p in parts]).float() if parts else torch.zeros(0, dim)
         if images.dtype != torch.uint8 or not (len(images) == len(vectors) == len(captions) == len(groups)):
             raise ValueError(f"{folder}: the bank's images, vectors, captions and groups do not match in number")
-        return cls(images, vectors, captions, groups)
+        group_vectors = None
+        if meta.get("group_vectors") is not None:
+            if meta["group_vectors"] != GROUPS_FILE or not (folder / GROUPS_FILE).is_file():
+                raise ValueError(f"{folder}/bank.json names a missing or invalid group vectors file")
+            group_vectors = load_file(str(folder / GROUPS_FILE))["vectors"].float()
+            if group_vectors.shape != (len(dict.fromkeys(groups)), dim):
+                raise ValueError(f"{folder}: {GROUPS_FILE} does not hold one vector per group")
+        return cls(images, vectors, captions, groups, group_vectors)

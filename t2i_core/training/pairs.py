@@ -54,8 +54,13 @@ class PairData:
     def bank(self) -> ExemplarBank:
         """The exemplar bank of a model trained on these pairs: every image under its own caption."""
         vectors = F.normalize(self.text.pooled[self.caption_ids].float().cpu(), dim=-1)
-        return ExemplarBank(self.images, vectors, [self.captions[int(c)] for c in self.caption_ids],
+        bank = ExemplarBank(self.images, vectors, [self.captions[int(c)] for c in self.caption_ids],
                             [self.group_names[int(g)] for g in self.group_ids])
+        if bank.groups != bank.captions:  # groups that name what an image depicts: retrieval matches them too
+            names = F.normalize(self.text.pooled[self.group_name_ids].float().cpu(), dim=-1)
+            by_name = dict(zip(self.group_names, names))
+            bank.group_vectors = torch.stack([by_name[g] for g in bank.group_names])
+        return bank
 
     @classmethod
     def build(cls, pairs, text_encoder, batch: int = 256) -> "PairData":
