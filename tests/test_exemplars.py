@@ -134,6 +134,9 @@ def test_a_prompt_finds_the_picture_by_its_name_when_its_captions_sit_elsewhere(
     query = text_encoder(["a red car"]).pooled
     by_caption = ExemplarBank(bank.images, bank.vectors, bank.captions, bank.groups)
     assert by_caption.retrieve(query, 1)[0, 0] == 1 and bank.retrieve(query, 1)[0, 0] == 0
+    # The seed picks among near ties: the name matches each style's entry alike; a named style picks its own.
+    picks = lambda prompt: {int(bank.retrieve(text_encoder([prompt]).pooled, 1, seeds=[s])[0, 0]) for s in range(12)}  # noqa: E731
+    assert picks("automobile") == {0, 2} and picks("automobile, twitter style") == {2}
     loaded = ExemplarBank.load(bank.save(tmp_path / "bank"))
     assert loaded.group_vectors.shape == (2, text_encoder.pooled_dim) and loaded.retrieve(query, 1)[0, 0] == 0
     # Merged with an upload's pairs (groups = their captions), every group keeps a vector.
