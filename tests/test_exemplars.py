@@ -3,7 +3,7 @@
 import torch
 
 from t2i_core.models.bank import ExemplarBank
-from t2i_core.training.exemplars import COLOURS, ExemplarSampler, recolor, rgb_to_hsv
+from t2i_core.training.exemplars import COLOURS, ExemplarSampler, one_word_variants, recolor, rgb_to_hsv
 from t2i_core.models.generator import Generator
 
 
@@ -166,6 +166,32 @@ def test_sampler_never_gives_a_target_itself_unless_recoloured():
                          self_prob=0.4)
     own = (picks.exemplars[:, 0] == idx).float().mean().item()
     assert 0.25 < own < 0.55 and not (picks.exemplars[:, 1] == idx).any()
+
+
+def test_one_word_variants_pair_captions_that_differ_in_a_single_word():
+    names = ["a small red circle", "a small blue circle", "a large red circle", "A small red circle!",
+             "a small red circle on the left", "a blue square", "apple", "pear"]
+    vectors = torch.nn.functional.normalize(torch.randn(len(names), 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    variants = [sorted(v.tolist()) for v in one_word_variants(names, vectors, limit=16)]
+    assert variants[0] == [1, 2]  # colour or size; not itself, its case/punctuation twin, a longer one or a 2-word swap
+    assert variants[3] == [1, 2] and variants[4] == [] and variants[5] == []
+    assert variants[6] == [] and variants[7] == []  # one-word names: any other would "differ in one word"
+    # Past the limit, the nearest by sentence vector stay.
+    near = one_word_variants(names, vectors, limit=1)[0].tolist()
+    assert near == [max([1, 2], key=lambda j: float(vectors[j] @ vectors[0]))]
+
+
+def test_sampler_draws_variant_neighbours_when_asked():
+    names = ["a red circle", "a blue circle", "a red circle on the left", "a red circle at the top"]
+    vectors = torch.nn.functional.normalize(torch.tensor([[1.0, 0, 0], [0.0, 1, 0], [0.9, 0, 0.1], [0.5, 0.5, 0.5]]), dim=-1)
+    sampler = ExemplarSampler(torch.arange(4), names, vectors, neighbours=1)  # nearest by vector: position variants
+    idx = torch.zeros(400, dtype=torch.long)
+    for prob, lo, hi in ((0.0, 0.0, 0.0), (0.5, 0.4, 0.6), (1.0, 1.0, 1.0)):
+        picks = sampler.pick(idx, torch.Generator().manual_seed(0), slots=1, exemplar_prob=1.0, same_group_prob=0.0,
+                             recolour_prob=0.0, variant_prob=prob)
+        blue = (picks.exemplars[:, 0] == 1).float().mean().item()
+        assert lo <= blue <= hi and ((picks.exemplars[:, 0] == 1) | (picks.exemplars[:, 0] == 2)).all()
+        assert lo <= (picks.negative_groups == 1).float().mean().item() <= hi
 
 
 def test_recolour_turns_saturated_pixels_to_the_named_hue_and_keeps_grey():

@@ -83,6 +83,9 @@ class TrainConfig:
     exemplar_self: float = option(0.0, "share of (not recoloured) samples with an exemplar whose first exemplar is "
                                        "the target image itself (at generation, a prompt's nearest caption is often "
                                        "the very picture wanted)")
+    exemplar_variants: float = option(0.5, "share of the exemplars from other groups, and of D's hard negatives, "
+                                           "taken from groups whose names differ in one word ('a red circle' -> "
+                                           "'a blue circle'), where there are such")
     exemplar_slots: int = option(2, "exemplars per sample at most")
     exemplar_second_prob: float = option(0.3, "chance that a sample with an exemplar gets a second one")
     recolour_prob: float = option(0.3, "share of samples turned to a named colour, the caption saying which")

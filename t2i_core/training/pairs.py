@@ -143,7 +143,8 @@ def draw_batch(data: PairData, cfg, step: int, z_dim: int, resolution: int, rank
     picks = None
     if data.sampler is not None:
         picks = data.sampler.pick(idx, gen, cfg.exemplar_slots, cfg.exemplar_prob, cfg.exemplar_same_group,
-                                  cfg.exemplar_second_prob, cfg.recolour_prob, cfg.exemplar_self)
+                                  cfg.exemplar_second_prob, cfg.recolour_prob, cfg.exemplar_self,
+                                  cfg.exemplar_variants)
         drop &= ~picks.recolour  # a recoloured image needs its caption
         use_alt &= ~picks.recolour
         mis = hard_negatives(data, picks, mis, use_alt, cfg.hard_negative_prob, gen)
