@@ -40,6 +40,14 @@ def test_exemplar_path_starts_as_the_text_only_generator_and_learns():
     none = gx(z, states, mask, pooled)
     masked = gx(z, states, mask, pooled, exemplars=exemplars, exemplar_mask=torch.zeros(3, 2, dtype=torch.bool))
     assert torch.allclose(none, masked, atol=1e-6)
+    # Features are the mean over an image's present exemplars, whether all are present or some are masked out.
+    both = gx.encode_exemplars(exemplars)
+    first = gx.encode_exemplars(exemplars[:, :1])
+    second = gx.encode_exemplars(exemplars[:, 1:])
+    some = gx.encode_exemplars(exemplars, torch.tensor([[True, True], [True, False], [False, True]]))
+    for r in both:
+        assert torch.allclose(both[r], (first[r] + second[r]) / 2, atol=1e-6)
+        assert torch.allclose(some[r], torch.stack([both[r][0], first[r][1], second[r][2]]), atol=1e-6)
 
 
 def test_a_full_resolution_exemplar_path_is_added_to_a_trained_one_and_joins_the_last_block():

@@ -134,8 +134,9 @@ class Generator(ModelMixin, ConfigMixin):
         resolution r the mean of the present exemplars' features, (B, C_r, r, r); zero where an image has none.
         Only present exemplars are encoded."""
         b, k = exemplars.shape[:2]
-        if mask is None:
-            mask = torch.ones(b, k, dtype=torch.bool, device=exemplars.device)
+        if mask is None or bool(mask.all()):  # every image has all k (generation): a plain mean over them
+            feats = self.exemplar_encoder(exemplars.flatten(0, 1))
+            return {r: f if k == 1 else f.unflatten(0, (b, k)).mean(dim=1) for r, f in feats.items()}
         weights = mask.to(exemplars.dtype)
         weights = (weights / weights.sum(dim=1, keepdim=True).clamp(min=1)).flatten()  # (B*K,)
         present = torch.nonzero(mask.flatten()).squeeze(1)
@@ -153,7 +154,7 @@ class Generator(ModelMixin, ConfigMixin):
         features = exemplar_features or {}
         full = str(self.config.resolution)
         for i, block in enumerate(self.blocks):
-            key = str(x.shape[-1] * 2)
+            key = str(8 * 2**i)  # this block's output resolution (a plain int, so that tracing sees a constant)
             # The full resolution's exemplar joins the last block's input; the others join a block's output.
             into = self.exemplar_in[key](features[key]) if key == full and key in features else None
             x = block(x, w, into)

@@ -132,8 +132,9 @@ class ExemplarEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out = {str(self.resolution): self.full(x)} if self.resolution in self.outputs else {}
+        res = self.resolution  # a plain int, so that tracing sees constants
         for stage in self.stages:
-            x = stage(x)
-            if x.shape[-1] in self.outputs:
-                out[str(x.shape[-1])] = x
+            x, res = stage(x), res // 2
+            if res in self.outputs:
+                out[str(res)] = x
         return out
