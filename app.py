@@ -116,8 +116,8 @@ def generate(prompt, model_key, seed, randomize, num_images, truncation, guidanc
         pipe = _pipeline(model_key, owner_of(owner, request), [prompt], request, generate_cost(num_images, size))
         used = chosen_seed(seed, randomize)
         with manager.visitors_first():  # a fine-tune pauses while this runs
-            out = pipe(prompt, num_images=int(num_images), seed=used, truncation=float(truncation),
-                       guidance=float(guidance), size=int(size) or None, exemplars=None if retrieval else 0)
+            out = pipelines.run(pipe, prompt, num_images=int(num_images), seed=used, truncation=float(truncation),
+                                guidance=float(guidance), size=int(size) or None, exemplars=None if retrieval else 0)
     except ValueError as error:
         gr.Warning(str(error))
         return [], gr.skip(), f"⚠ {error}", []
@@ -137,8 +137,8 @@ def animate(p1, p2, p3, p4, frames, fps, seed, randomize, truncation, model_key,
         pipe = _pipeline(model_key, owner_of(owner, request), prompts, request, animate_cost(frames, size))
         used = chosen_seed(seed, randomize)
         with manager.visitors_first():
-            images = pipe.interpolate(prompts, frames=int(frames), seed=used, truncation=float(truncation),
-                                      size=int(size) or None)
+            images = pipelines.run(pipe.interpolate, prompts, frames=int(frames), seed=used,
+                                   truncation=float(truncation), size=int(size) or None)
         out = manager.new_output_dir()
         files = [save_animation(images, out / f"animation{ext}", fps=int(fps)) for ext in (".mp4", ".webp", ".gif")]
     except ValueError as error:

@@ -307,3 +307,31 @@ def test_a_flood_of_fresh_sessions_keeps_only_so_many_pages_in_memory(monkeypatc
         tracemalloc.stop()
     assert len(holder.session_data) == 5 and "flood-29" in holder and "visitor-0" not in holder
     assert kept_after_flood < 1.5 * kept_5, (kept_5, kept_after_flood)  # seven times the sessions, no more memory
+
+
+def test_model_calls_from_many_server_threads_run_on_a_few_long_lived_threads(text_encoder):
+    """Each thread that once ran the model keeps its own buffers, so the app runs every model call on the cache's two
+    model threads, whichever of the server's many worker threads answers the event."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from t2i_app import PipelineCache
+    from t2i_core import T2IPipeline
+    from t2i_core.models.generator import Generator
+
+    pipe = T2IPipeline(Generator(resolution=16, channels=(32, 16, 16), attention_resolutions=(8,), z_dim=8, w_dim=16),
+                       text_encoder)
+    cache = PipelineCache(model_threads=2)
+
+    def generate_where(i: int) -> tuple[int, int]:
+        here = threading.get_ident()
+        there = cache.run(lambda: (threading.get_ident(), len(pipe(f"prompt {i}", num_images=2, seed=i).images)))
+        assert there[0] != here and there[1] == 2
+        return there[0]
+
+    with ThreadPoolExecutor(max_workers=12) as server:
+        threads = set(server.map(generate_where, range(36)))
+    assert 1 <= len(threads) <= 2
+    # The model thread's errors reach the caller as they are: the app turns a ValueError into one clear message.
+    with pytest.raises(ValueError, match="num_images"):
+        cache.run(pipe, "a red apple", num_images=0)
