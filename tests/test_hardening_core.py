@@ -93,6 +93,20 @@ def test_resume_skips_a_damaged_latest_checkpoint(shapes_dir, tmp_path):
     assert trainer.state.step == 6 and T2IPipeline.from_pretrained(tmp_path / "r" / "model")
 
 
+def test_a_resume_clears_half_written_folders_and_restores_a_model_caught_between_renames(tmp_path):
+    run = tmp_path / "r"
+    for name in (".tmp-checkpoint-7", ".tmp-model", ".old-model"):
+        (run / name).mkdir(parents=True)
+        (run / name / "marker.txt").write_text(name)
+    # Killed between `model -> .old-model` and `.tmp-model -> model`: no model folder; the old one comes back.
+    assert checkpoints.remove_partial_writes(run) == [".tmp-checkpoint-7", ".tmp-model"]
+    assert (run / "model" / "marker.txt").read_text() == ".old-model"
+    assert sorted(p.name for p in run.iterdir()) == ["model"]
+    (run / ".old-model").mkdir()  # killed after the swap, before the old one was deleted: the new model stays
+    assert checkpoints.remove_partial_writes(run) == [".old-model"]
+    assert (run / "model" / "marker.txt").read_text() == ".old-model" and not (run / ".old-model").exists()
+
+
 def test_weights_exploding_to_huge_finite_values_are_rolled_back_not_saved(shapes_dir, tmp_path, monkeypatch):
     real_step, exploded = Trainer.train_step, []
 

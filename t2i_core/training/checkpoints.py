@@ -32,6 +32,17 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
 
+def remove_partial_writes(run_dir: Path) -> list[str]:
+    """Delete what a write killed half way left behind (never read: checkpoints and the model are swapped in whole).
+    A kill between the two renames of the model swap leaves no `model`; the previous one comes back from `.old-model`."""
+    if not (run_dir / "model").exists() and (run_dir / ".old-model").is_dir():
+        os.replace(run_dir / ".old-model", run_dir / "model")
+    partial = [p for p in (*run_dir.glob(".tmp-*"), run_dir / ".old-model") if p.is_dir()]
+    for p in partial:
+        shutil.rmtree(p, ignore_errors=True)
+    return sorted(p.name for p in partial)
+
+
 class CheckpointError(OSError):
     """A checkpoint could not be written (e.g. the disk is full); the previous one is intact."""
 

@@ -25,7 +25,7 @@ from ..models.folder import (check_model_folder, default_model_path, load_bank, 
                              read_model_index)
 from ..models.generator import Generator
 from ..text import DEFAULT_TEXT_ENCODER, load_text_encoder
-from .checkpoints import TrainState, list_checkpoints, load_checkpoint, save_checkpoint
+from .checkpoints import TrainState, list_checkpoints, load_checkpoint, remove_partial_writes, save_checkpoint
 from .config import TrainConfig, autocast_dtype
 from .distributed import all_reduce_grads, dist_info, init_distributed
 from .log import Progress, RunLog, hardware_name
@@ -257,7 +257,10 @@ class Trainer:
         return record
 
     def resume(self) -> bool:
-        """Load the latest checkpoint that loads whole (a damaged one, e.g. from a kill mid-write, is skipped)."""
+        """Load the latest checkpoint that loads whole (a damaged one, e.g. from a kill mid-write, is skipped).
+        Half-written folders that a killed run left (`.tmp-*`, `.old-model`) are never read; they go first."""
+        if self.rank == 0:
+            remove_partial_writes(self.run_dir)
         for ckpt in reversed(list_checkpoints(self.run_dir)):
             try:
                 self.state = load_checkpoint(ckpt, self.g, self.d, self.g_ema, self.opt_g, self.opt_d)
