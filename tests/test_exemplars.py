@@ -257,3 +257,27 @@ def test_black_and_white_drawings_are_never_recoloured():
     idx = torch.arange(4).repeat(50)
     picks = sampler.pick(idx, torch.Generator().manual_seed(0), recolour_prob=0.5)
     assert not picks.recolour[idx < 2].any() and picks.recolour[idx >= 2].float().mean() > 0.3
+
+
+def test_a_seed_picks_the_same_entry_whatever_order_ties_come_in():
+    # Four entries of one group tie exactly on the group's name; the order topk returns ties in (or last-bit noise
+    # in the query, such as fp16 text-encoder weights give) must not change which one a seed draws.
+    bank = tiny_bank(n=16, groups=4)
+    bank.group_vectors = torch.nn.functional.normalize(torch.randn(4, 16, generator=torch.Generator().manual_seed(1)), dim=-1)
+    query = bank.group_vectors[2:3]
+    picks = {s: bank.retrieve(query, 1, seeds=[s]).item() for s in range(12)}
+    assert {bank.groups[j] for j in picks.values()} == {"g2"} and len(set(picks.values())) > 1
+    noisy = torch.nn.functional.normalize(query + 1e-5 * torch.randn(1, 16, generator=torch.Generator().manual_seed(2)))
+    assert {s: bank.retrieve(noisy, 1, seeds=[s]).item() for s in range(12)} == picks
+    # The same scores with exact ties listed the other way round: the picks follow the entries, not the order.
+    nearest = bank._nearest
+
+    def ties_reversed(q, n):
+        sims, idx = nearest(q, n)
+        key = sims.double() * 1e6 + idx.double() * 1e-3  # ties on the score: the higher index first
+        order = key.argsort(dim=1, descending=True)
+        return sims.gather(1, order), idx.gather(1, order)
+
+    assert nearest(query, 8)[1][0, :4].tolist() != ties_reversed(query, 8)[1][0, :4].tolist()
+    bank._nearest = ties_reversed
+    assert {s: bank.retrieve(query, 1, seeds=[s]).item() for s in range(12)} == picks

@@ -262,3 +262,20 @@ def test_truncation_warning_near_the_limit(text_encoder):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         text_encoder([fits])
+
+
+def test_the_cpu_text_encoder_runs_fp16_packed_weights_that_keep_the_fp32_vectors(text_encoder):
+    from t2i_core.text import TextEncoder
+
+    assert text_encoder.packed  # the shared CPU encoder reads half the bytes per prompt
+    full = TextEncoder(text_encoder.name, cpu_fp16_weights=False)
+    assert not full.packed
+    prompts = ["a red heart", "grinning face, google style", "a cat wearing a hat to the left of a blue square"]
+    text_encoder.clear_cache()
+    a, b = text_encoder(prompts), full(prompts)
+    assert torch.equal(a.mask, b.mask)
+    assert (a.pooled * b.pooled).sum(-1).min() > 0.99999
+    assert torch.nn.functional.cosine_similarity(a.states, b.states, dim=-1)[a.mask].min() > 0.9999
+    # Moved off the CPU, it loads the fp32 weights again (the packed kernels are CPU only); "meta" stands in for a GPU.
+    packed = TextEncoder(text_encoder.name)
+    assert packed.packed and not packed.to("meta").packed and packed.device.type == "meta"

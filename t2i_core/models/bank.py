@@ -38,7 +38,8 @@ class ExemplarBank:
     captions: list[str]
     groups: list[str]
     group_vectors: torch.Tensor | None = None
-    # (vectors, their fp16 copy) for the search's first pass, and each entry's group row; made on first use.
+    # (vectors, group_vectors, their fp16 copies) for the search's first pass, and each entry's group row; made on
+    # first use.
     _half: tuple | None = field(default=None, init=False, repr=False, compare=False)
     _group_rows: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -141,6 +142,9 @@ class ExemplarBank:
                 else:
                     best = {self.groups[j] for j, s in zip(order, sims) if s >= sims[0] - ties}
                     near = [j for j in order if self.groups[j] in best]
+                # In index order: entries of one group tie exactly on its name, and the order topk gives ties (or
+                # last-bit noise in the query) must not change which entry a seed picks.
+                near = sorted(near)
                 perm = torch.randperm(len(near), generator=torch.Generator().manual_seed(int(seeds[b])))
                 order = [near[i] for i in perm.tolist()] + [j for j in order if self.groups[j] not in best]
             picked, seen = [], set()
@@ -161,22 +165,26 @@ class ExemplarBank:
         An entry's similarity is the cosine of the query with its caption or, when the bank has group vectors, with
         its group's name, whichever is higher: "a red car" then finds the emoji named "automobile" although its
         captions ("automobile, google style") sit nearer to "racing car, fluent style".
-        For one or two queries (one image at a time) a first pass in fp16 reads half the bytes (about 4x faster on a
-        CPU: the fp32 vectors of 14k entries do not stay in cache), then the best 2n are scored again in fp32, so the
-        result is the fp32 search's. Larger batches are faster in one fp32 matrix product."""
-        names = None
-        if self.group_vectors is not None:
-            names = (query @ self.group_vectors.float().T)[:, self.group_rows()]  # (B, N)
+        For one or two queries (one image at a time) a first pass over the fp16 copies of the caption and group vectors
+        reads half the bytes (about 4x faster on a CPU: the fp32 vectors of 14k entries do not stay in cache), then
+        the best 2n are scored again in fp32, so the result is the fp32 search's. Larger batches are faster in one fp32 matrix product."""
+        rows = self.group_rows() if self.group_vectors is not None else None
         if len(query) > 2 or len(self) <= 4 * n:
             sims = query @ self.vectors.float().T
-            return (sims if names is None else torch.maximum(sims, names)).topk(n, dim=1)
-        if self._half is None or self._half[0] is not self.vectors:
-            self._half = (self.vectors, self.vectors.half())
-        coarse = (self._half[1] @ query.half().T).T.float()  # (B, N)
-        coarse = (coarse if names is None else torch.maximum(coarse, names)).topk(2 * n, dim=1).indices  # (B, 2n)
+            if rows is not None:
+                sims = torch.maximum(sims, (query @ self.group_vectors.float().T)[:, rows])  # (B, N)
+            return sims.topk(n, dim=1)
+        if self._half is None or self._half[0] is not self.vectors or self._half[1] is not self.group_vectors:
+            self._half = (self.vectors, self.group_vectors, self.vectors.half(),
+                          None if rows is None else self.group_vectors.half())
+        q16 = query.half().T
+        coarse = (self._half[2] @ q16).T.float()  # (B, N)
+        if rows is not None:
+            coarse = torch.maximum(coarse, (self._half[3] @ q16).T.float()[:, rows])
+        coarse = coarse.topk(2 * n, dim=1).indices  # (B, 2n)
         exact = torch.einsum("bd,bkd->bk", query, self.vectors[coarse].float())
-        if names is not None:
-            exact = torch.maximum(exact, names.gather(1, coarse))
+        if rows is not None:
+            exact = torch.maximum(exact, torch.einsum("bd,bkd->bk", query, self.group_vectors[rows[coarse]].float()))
         sims, order = exact.topk(n, dim=1)
         return sims, coarse.gather(1, order)
 
