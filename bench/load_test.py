@@ -12,8 +12,10 @@ gradio_client, each client with its own IP address (X-Forwarded-For, which the s
   sent as soon as the last was answered and under a fresh identity (1 MB prompts, control characters, right-to-left
   and mixed scripts, the largest allowed pictures and animations, values out of bounds, an unknown model, junk
   uploads), and beside them raw queue joins posted as fast as they are answered, which would fill the queue.
+Before the window the server warms up (--warm-up full): each kind of request once at its largest, two at a time, so
+that both model threads have run each; --warm-up one makes one image only.
 Reports the visitors' failed requests (goal 0) and their p50/p95 latency, what became of the hostile requests, the
-server's RSS (psutil) after warm-up, at its peak and at the end, and whether the fine-tune finished. Prints a table,
+server's RSS (psutil) with the model loaded, after warm-up, at its peak and at the end, and whether the fine-tune finished. Prints a table,
 writes the figures as JSON with --json, and exits 0 when the visitors had no failure, the fine-tune finished, the
 queue was never full and the server still serves with no traceback in its log. All clients run on this machine and
 take CPU from the server: run it on an idle machine.
@@ -45,6 +47,7 @@ PROMPTS = ["grinning face", "cat face", "red apple", "a blue star, google style"
 STATUS_AT = {"/generate": 2, "/animate": 3}  # where each endpoint's outputs hold the status line
 HOSTILE_ADDRESS = "203.0.113.66"
 TRAINER_ADDRESS = "198.51.100.250"
+WARM_UP_ADDRESSES = ("198.51.100.251", "198.51.100.252", "198.51.100.253", "198.51.100.254")
 
 
 def visitor_address(i: int) -> str:
@@ -158,6 +161,37 @@ def hostile_requests(rng: random.Random, junk: Path) -> list[tuple[str, tuple]]:
     ]
 
 
+# The largest request of each kind the page allows: 16 images at 512 px, an animation of 4 prompts, 120 frames at
+# 512 px; and the page's default (4 images at 256 px). Two at a time, so that both model threads run each once.
+SETTLE_S = 15.0  # after the full warm-up; the app trims the heap 10 s after its last call (t2i_app/pipelines.py)
+WARM_UP = [
+    [("/generate", ("a red heart", "default", 1, False, 16, 1.0, 1.0, 512, True, None)),
+     ("/animate", ("a cat", "a dog", "a car", "a tree", 120, 30, 0, False, 1.0, "default", 512, None))],
+    [("/generate", ("grinning face", "default", 2, False, 4, 1.0, 1.0, 256, True, None)),
+     ("/animate", ("grinning face", "", "", "", 120, 30, 0, False, 1.0, "default", 512, None))],
+]
+
+
+def warm_up(url: str, work: Path) -> float:
+    """Each kind of request once at its largest, on both model threads (WARM_UP), from two addresses of their own.
+    Memory these first calls take (buffers sized to the largest request, each thread's scratch space) is the
+    server's working set, not growth; `rss_loaded` in the report keeps the figure before it. Returns seconds."""
+    started = time.monotonic()
+
+    def run(i: int) -> None:
+        for j, (endpoint, args) in enumerate(WARM_UP[i]):
+            c = client(url, WARM_UP_ADDRESSES[2 * i + j], work / "warm-up-downloads")
+            result = c.predict(*args, api_name=endpoint)
+            status = str(result[STATUS_AT[endpoint]])
+            if status.startswith("⚠"):
+                raise RuntimeError(f"warm-up {endpoint} was refused: {status}")
+            c.close()
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(run, range(2)))
+    return time.monotonic() - started
+
+
 def hostile(url: str, thread: int, stop_at: float, work: Path, out: list) -> None:
     """One of the hostile client's threads: the next odd request as soon as the last is answered."""
     rng = random.Random(1000 + thread)
@@ -265,7 +299,11 @@ def measure(args: argparse.Namespace, proc, url: str, work: Path) -> dict:
     rss = RssMonitor(proc.pid)
     trainer = client(url, TRAINER_ADDRESS, work / "trainer-downloads")
     trainer.predict("grinning face", "default", 0, False, 1, 1.0, 1.0, 0, True, None, api_name="/generate")
-    rss_start = rss.sample()  # the model loaded, nothing else yet
+    rss_loaded = rss.sample()  # the model loaded, one image made, nothing else yet
+    if args.warm_up == "full":
+        phases["full warm-up"] = warm_up(url, work)
+        time.sleep(SETTLE_S)  # idle, as a server is between visitors: what it frees after a call goes back by then
+    rss_start = rss.sample()
     rss.start()
     phases["warm-up"], started = time.monotonic() - t0, time.monotonic()
     watcher = FinetuneWatcher(trainer, args.seconds + args.finetune_minutes * 60 + 300)
@@ -304,6 +342,7 @@ def measure(args: argparse.Namespace, proc, url: str, work: Path) -> dict:
     # growth that goes on is a leak.
     quarters = [rss.at(window_start + q * args.seconds / 4) for q in range(5)]
     return {"calls": calls, "flood": list(flood), "joins": joins, "alive": alive, "rss": (rss_start, rss.peak, rss_end),
+            "rss_loaded": rss_loaded,
             "rss_quarters": quarters,
             "finetune": watcher.outcome(started, stop_at) if args.finetune else None,
             "phases": {k: round(v, 1) for k, v in phases.items()}}
@@ -337,6 +376,7 @@ def summarise(args: argparse.Namespace, raw: dict, log: str) -> dict:
         "max_s": max(seconds, default=float("nan")),
         "hostile_requests": len(flood), "hostile": outcomes, "hostile_raw_joins": raw["joins"],
         "hostile_examples": sorted({f"{f['endpoint']} {f['outcome']}: {f['status'][:120]}" for f in flood})[:12],
+        "rss_loaded_mb": mb(raw["rss_loaded"]), "warm_up": args.warm_up,
         "rss_start_mb": mb(rss_start), "rss_peak_mb": mb(rss_peak), "rss_end_mb": mb(rss_end),
         "rss_growth_mb": None if rss_end is None else mb(rss_end - rss_start),
         "rss_window_quarters_mb": [mb(b) for b in raw.get("rss_quarters", [])],
@@ -374,8 +414,9 @@ def print_table(r: dict) -> None:
          f"{h['unanswered']}", ""),
         ("hostile raw queue joins by HTTP status (200 joined, 429 refused at the door, 503 queue full)",
          ", ".join(f"{k}: {v}" for k, v in sorted(r["hostile_raw_joins"].items())) or "none", "no 503"),
-        ("server RSS after warm-up / peak / end", f"{r['rss_start_mb']} / {r['rss_peak_mb']} / {r['rss_end_mb']} MB",
-         "no growth"),
+        ("server RSS with the model loaded (one image)", f"{r['rss_loaded_mb']} MB", ""),
+        (f"server RSS after warm-up ({r['warm_up']}) / peak / end",
+         f"{r['rss_start_mb']} / {r['rss_peak_mb']} / {r['rss_end_mb']} MB", "no growth"),
         ("server RSS at each quarter of the visitors' window",
          " / ".join(str(q) for q in r["rss_window_quarters_mb"]) + " MB", "levels off"),
         ("fine-tune", tune, "finishes"),
@@ -403,6 +444,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--flood-threads", type=int, default=4, help="the hostile client's requests at a time")
     p.add_argument("--port", type=int, default=0, help="the server's port (default: a free one)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    p.add_argument("--warm-up", choices=("full", "one"), default="full",
+                   help="before the window: each kind of request once at its largest on both model threads (full), "
+                        "or one image only (one)")
     p.add_argument("--model", type=Path, default=ROOT / "assets" / "model", help="the model the server ships")
     p.add_argument("--num-images", type=int, default=4, help="images per visitor call (the page's default)")
     p.add_argument("--finetune", action=argparse.BooleanOptionalAction, default=True, help="a fine-tune runs")

@@ -335,3 +335,43 @@ def test_model_calls_from_many_server_threads_run_on_a_few_long_lived_threads(te
     # The model thread's errors reach the caller as they are: the app turns a ValueError into one clear message.
     with pytest.raises(ValueError, match="num_images"):
         cache.run(pipe, "a red apple", num_images=0)
+
+
+def rss_mb() -> float:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="reads the RSS from /proc (Linux)")
+def test_memory_a_model_call_frees_is_handed_back_to_the_system():
+    from t2i_app import PipelineCache
+    from t2i_app.pipelines import trim_heap
+
+    def big_call(keep: list) -> int:
+        # 3,000 blocks of 64 KB (under malloc's mmap threshold, so from its heap); every 16th stays alive, so the heap
+        # is full of holes that free() alone does not give back (as after a request of 16 images at 512 px).
+        blocks = [bytearray(64 * 1024) for _ in range(3000)]
+        keep += blocks[::16]
+        return len(blocks)
+
+    if not trim_heap():
+        pytest.skip("not glibc")
+    keep: list = []
+    before = rss_mb()
+    assert PipelineCache(trim=False).run(big_call, keep) == 3000
+    held = rss_mb() - before
+    assert held > 150  # the premise: without a trim the freed blocks stay in the process
+    keep.clear()
+    before = rss_mb()
+    cache = PipelineCache(trim_every=1.0)
+    assert cache.run(big_call, keep) == 3000
+    assert rss_mb() - before < 40  # only the kept 16th (about 12 MB) and the allocator's own
+    # What another thread frees after a call (the server sending pictures out) goes back a moment later.
+    keep.clear()
+    before = rss_mb()
+    cache.run(lambda: None)
+    big_call(keep)  # here, on this thread, after the call
+    assert rss_mb() - before > 150
+    deadline = time.monotonic() + 10
+    while rss_mb() - before > 40 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert rss_mb() - before < 40

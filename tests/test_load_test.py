@@ -24,7 +24,7 @@ def test_visitors_are_served_while_a_fine_tune_trains_and_a_hostile_client_flood
     out = tmp_path / "load.json"
     r = load_test.main(["--visitors", "2", "--seconds", "10", "--model", str(tiny_model_dir), "--num-images", "2",
                         "--flood-threads", "2", "--finetune-minutes", "1", "--finetune-steps", "2",
-                        "--finetune-batch", "8", "--json", str(out)])
+                        "--finetune-batch", "8", "--warm-up", "one", "--json", str(out)])
     assert r["visitor_requests"] >= 2 and r["visitor_failures"] == 0, r["failure_examples"]
     assert math.isfinite(r["p50_s"]) and math.isfinite(r["p95_s"]) and r["p95_s"] < 60
     assert r["server_alive"] and r["server_tracebacks"] == 0
