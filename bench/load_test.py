@@ -163,7 +163,8 @@ def hostile_requests(rng: random.Random, junk: Path) -> list[tuple[str, tuple]]:
 
 # The largest request of each kind the page allows: 16 images at 512 px, an animation of 4 prompts, 120 frames at
 # 512 px; and the page's default (4 images at 256 px). Two at a time, so that both model threads run each once.
-SETTLE_S = 15.0  # after the full warm-up; the app trims the heap 10 s after its last call (t2i_app/pipelines.py)
+SETTLE_S = 15.0  # idle after the full warm-up and after the window; the app trims its heap every 10 s for a minute
+#                 after its last call (t2i_app/pipelines.py)
 WARM_UP = [
     [("/generate", ("a red heart", "default", 1, False, 16, 1.0, 1.0, 512, True, None)),
      ("/animate", ("a cat", "a dog", "a car", "a tree", 120, 30, 0, False, 1.0, "default", 512, None))],
@@ -336,13 +337,15 @@ def measure(args: argparse.Namespace, proc, url: str, work: Path) -> dict:
     for c in [trainer, *clients]:
         c.close()
     alive = proc.poll() is None and serves(url)
-    rss.done.set()
     rss_end = rss.sample() if alive else None
+    time.sleep(SETTLE_S)  # idle again: what is left now, the server holds for good
+    rss_idle = rss.sample() if alive else None
+    rss.done.set()
     # Memory through the visitors' window, in quarters: growth that levels off is buffers and caches filling up;
     # growth that goes on is a leak.
     quarters = [rss.at(window_start + q * args.seconds / 4) for q in range(5)]
     return {"calls": calls, "flood": list(flood), "joins": joins, "alive": alive, "rss": (rss_start, rss.peak, rss_end),
-            "rss_loaded": rss_loaded,
+            "rss_loaded": rss_loaded, "rss_idle": rss_idle,
             "rss_quarters": quarters,
             "finetune": watcher.outcome(started, stop_at) if args.finetune else None,
             "phases": {k: round(v, 1) for k, v in phases.items()}}
@@ -376,7 +379,7 @@ def summarise(args: argparse.Namespace, raw: dict, log: str) -> dict:
         "max_s": max(seconds, default=float("nan")),
         "hostile_requests": len(flood), "hostile": outcomes, "hostile_raw_joins": raw["joins"],
         "hostile_examples": sorted({f"{f['endpoint']} {f['outcome']}: {f['status'][:120]}" for f in flood})[:12],
-        "rss_loaded_mb": mb(raw["rss_loaded"]), "warm_up": args.warm_up,
+        "rss_loaded_mb": mb(raw["rss_loaded"]), "warm_up": args.warm_up, "rss_idle_after_mb": mb(raw["rss_idle"]),
         "rss_start_mb": mb(rss_start), "rss_peak_mb": mb(rss_peak), "rss_end_mb": mb(rss_end),
         "rss_growth_mb": None if rss_end is None else mb(rss_end - rss_start),
         "rss_window_quarters_mb": [mb(b) for b in raw.get("rss_quarters", [])],
@@ -417,6 +420,7 @@ def print_table(r: dict) -> None:
         ("server RSS with the model loaded (one image)", f"{r['rss_loaded_mb']} MB", ""),
         (f"server RSS after warm-up ({r['warm_up']}) / peak / end",
          f"{r['rss_start_mb']} / {r['rss_peak_mb']} / {r['rss_end_mb']} MB", "no growth"),
+        (f"server RSS idle {SETTLE_S:.0f} s after the window", f"{r['rss_idle_after_mb']} MB", "= after warm-up"),
         ("server RSS at each quarter of the visitors' window",
          " / ".join(str(q) for q in r["rss_window_quarters_mb"]) + " MB", "levels off"),
         ("fine-tune", tune, "finishes"),

@@ -21,12 +21,14 @@ class PipelineCache:
     After each call the allocator hands its free memory back to the system (`trim_heap`, when `trim` is set): a
     large request (16 images or a 120-frame animation at 512 px) frees hundreds of MB, which glibc would otherwise
     keep for good. What the server's other threads free after a call (pictures and videos sent out) is handed back
-    by a trim `trim_every` seconds after the last call. T2I_MALLOC_TRIM=0 turns both off."""
+    by a trim every `trim_every` seconds for `trim_rounds` rounds after the last call. T2I_MALLOC_TRIM=0 turns both
+    off."""
 
-    def __init__(self, maxsize: int = 3, model_threads: int = 2, trim: bool | None = None, trim_every: float = 10.0):
+    def __init__(self, maxsize: int = 3, model_threads: int = 2, trim: bool | None = None, trim_every: float = 10.0,
+                 trim_rounds: int = 6):
         self.maxsize = maxsize
         self.trim = os.environ.get("T2I_MALLOC_TRIM", "1") != "0" if trim is None else trim
-        self.trim_every = trim_every
+        self.trim_every, self.trim_rounds = trim_every, trim_rounds
         self._called = threading.Event()  # a call ended since the last trim
         self._trimmer: threading.Thread | None = None
         self._pipes: OrderedDict[tuple[str, int], object] = OrderedDict()
@@ -52,8 +54,13 @@ class PipelineCache:
         while True:
             self._called.wait()
             self._called.clear()
-            time.sleep(self.trim_every)  # calls in the meantime set it again: the next round trims after them too
-            trim_heap()
+            # Every trim_every seconds for trim_rounds rounds after the last call (a 120-frame animation at 512 px
+            # still encodes its videos well after the model is done); a new call starts the count again.
+            for _ in range(self.trim_rounds):
+                time.sleep(self.trim_every)
+                trim_heap()
+                if self._called.is_set():
+                    break
 
     def get(self, path: str | os.PathLike):
         """A T2IPipeline for the model folder `path` (ValueError, from the loader, when it is not one)."""
