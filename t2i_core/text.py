@@ -121,6 +121,12 @@ class TextEncoder(nn.Module):
                 model = quantize_dynamic(model, {nn.Linear}, dtype=torch.float16, inplace=True)
         return model
 
+    def fp32_model(self) -> nn.Module:
+        """A copy of the Transformer with fp32 weights (to save or edit), whether or not this one is packed."""
+        import copy
+
+        return self._load_model(pack=False) if self.packed else copy.deepcopy(self.model)
+
     @property
     def packed(self) -> bool:
         return any(type(m).__module__.startswith("torch.ao.nn.quantized") for m in self.model.modules())

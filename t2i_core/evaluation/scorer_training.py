@@ -137,7 +137,14 @@ def _start_from(scorer: ContrastiveScorer, init: str | os.PathLike, text_encoder
     if {k: v.shape for k, v in own.items()} != {k: v.shape for k, v in theirs.items()}:
         raise ValueError(f"--init {str(init)!r} has another architecture; pass the same --channels, "
                          "--stem-stride, --embed-dim and --text-hidden as it was trained with.")
-    scorer.load_state_dict(theirs, strict=False)
+    # Part by part: the shared text encoder is not theirs to load (and its fp16-packed layers refuse a partial load).
+    for name, child in scorer.named_children():
+        if name != "text_encoder":
+            child.load_state_dict({k[len(name) + 1:]: v for k, v in theirs.items() if k.startswith(name + ".")})
+    with torch.no_grad():
+        for k, v in theirs.items():
+            if "." not in k:
+                getattr(scorer, k).copy_(v)
     return {k: start_from.info.get(k) for k in ("data", "steps", "minutes")}
 
 

@@ -78,7 +78,7 @@ def pack(args) -> None:
             f.write(json.dumps({"text": p.text, "alt_texts": list(p.alt_texts), "source": p.source}) + "\n")
 
     # Encoder with a cut vocabulary.
-    full = TextEncoder()
+    full = TextEncoder(cpu_fp16_weights=False)  # fp32 weights: they are cut and saved
     texts = sorted({t for p in pairs for t in (p.text, *p.alt_texts)} | set(prompts) | {""})
     ids = full.tokenizer(texts, padding=False, truncation=True, max_length=full.max_length)["input_ids"]
     vocab = full.tokenizer.get_vocab()  # token -> id
@@ -88,7 +88,7 @@ def pack(args) -> None:
     cut_encoder(full, keep, by_id, bundle / "encoder")
 
     # Check: identical tokens, and sentence vectors / token states within fp16 rounding of the full encoder's.
-    small = TextEncoder(str(bundle / "encoder"))
+    small = TextEncoder(str(bundle / "encoder"), cpu_fp16_weights=False)
     small.model.float()
     new_ids = small.tokenizer(texts, padding=False, truncation=True, max_length=full.max_length)["input_ids"]
     mapped = [[keep[i] for i in row] for row in new_ids]
@@ -110,8 +110,6 @@ def pack(args) -> None:
 
 def cut_encoder(full, keep: list[int], by_id: dict[int, str], out: Path) -> None:
     """Save `full`'s BERT with only the token ids in `keep` (renumbered 0..n-1), in fp16, with its tokenizer."""
-    import copy
-
     import torch
     from transformers import BertTokenizerFast
 
@@ -120,7 +118,7 @@ def cut_encoder(full, keep: list[int], by_id: dict[int, str], out: Path) -> None
     small_tok = BertTokenizerFast(vocab={by_id[i]: n for n, i in enumerate(keep)}, do_lower_case=True,
                                   model_max_length=tok.model_max_length)
     small_tok.save_pretrained(out)
-    model = copy.deepcopy(full.model)
+    model = full.fp32_model()
     old = model.get_input_embeddings().weight.detach()
     emb = torch.nn.Embedding(len(keep), old.shape[1], padding_idx=keep.index(tok.pad_token_id))
     emb.weight.data.copy_(old[torch.tensor(keep)])
