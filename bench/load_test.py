@@ -1,6 +1,6 @@
 """Load test of the web app: well-behaved visitors generate while a fine-tune trains and one hostile client floods.
 
-    python bench/load_test.py [--visitors 20] [--seconds 120] [--flood | --no-flood] [--port N] [--json OUT]
+    python bench/load_test.py [--visitors 20] [--seconds 120] [--rounds 1] [--flood | --no-flood] [--port N] [--json OUT]
 
 Starts `python app.py` (the shipped model, or --model; its runs folder in a temporary one; offline) and, through
 gradio_client, each client with its own IP address (X-Forwarded-For, which the server trusts from localhost only):
@@ -12,6 +12,8 @@ gradio_client, each client with its own IP address (X-Forwarded-For, which the s
   sent as soon as the last was answered and under a fresh identity (1 MB prompts, control characters, right-to-left
   and mixed scripts, the largest allowed pictures and animations, values out of bounds, an unknown model, junk
   uploads), and beside them raw queue joins posted as fast as they are answered, which would fill the queue.
+With --rounds N the window comes N times on the same server, each with its own fine-tune and an idle pause after
+it (--settle seconds), so that memory left after each round shows whether it keeps rising.
 Before the window the server warms up (--warm-up full): each kind of request once at its largest, two at a time, so
 that both model threads have run each; --warm-up one makes one image only.
 Reports the visitors' failed requests (goal 0) and their p50/p95 latency, what became of the hostile requests, the
@@ -249,6 +251,7 @@ def start_finetune(c, work: Path, minutes: float, steps: int, batch_size: int) -
 
     from t2i_core.data import shapes
 
+    work.mkdir(parents=True, exist_ok=True)
     folder = shapes.make_shapes_dataset(work / "shapes", n=64, resolution=64)
     data = work / "shapes.zip"
     with zipfile.ZipFile(data, "w") as zf:
@@ -295,7 +298,8 @@ class FinetuneWatcher(threading.Thread):
 
 
 def measure(args: argparse.Namespace, proc, url: str, work: Path) -> dict:
-    """Warm up, start the fine-tune, then visitors and flood for args.seconds; everything the report needs."""
+    """Warm up, then --rounds windows on the same server, each: a fine-tune starts, visitors and flood for
+    args.seconds, then the server idles. Everything the report needs."""
     t0, phases = time.monotonic(), {}
     rss = RssMonitor(proc.pid)
     trainer = client(url, TRAINER_ADDRESS, work / "trainer-downloads")
@@ -303,17 +307,41 @@ def measure(args: argparse.Namespace, proc, url: str, work: Path) -> dict:
     rss_loaded = rss.sample()  # the model loaded, one image made, nothing else yet
     if args.warm_up == "full":
         phases["full warm-up"] = warm_up(url, work)
-        time.sleep(SETTLE_S)  # idle, as a server is between visitors: what it frees after a call goes back by then
+        time.sleep(args.settle)  # idle, as a server is between visitors: what it frees after a call goes back by then
     rss_start = rss.sample()
     rss.start()
-    phases["warm-up"], started = time.monotonic() - t0, time.monotonic()
+    phases["warm-up"] = time.monotonic() - t0
+    rounds = []
+    for r in range(args.rounds):
+        rounds.append(window(args, proc, url, work, trainer, rss, r))
+        if not rounds[-1]["alive"]:
+            break
+    trainer.close()
+    rss.done.set()
+    last = rounds[-1]
+    joins: dict[str, int] = {}
+    for one in rounds:
+        for status, n in one["joins"].items():
+            joins[status] = joins.get(status, 0) + n
+    return {"calls": [c for one in rounds for c in one["calls"]], "flood": [f for one in rounds for f in one["flood"]],
+            "joins": joins, "alive": last["alive"], "rss": (rss_start, rss.peak, last["rss_end"]),
+            "rss_loaded": rss_loaded, "rss_idle": last["rss_idle"], "rss_quarters": last["rss_quarters"],
+            "finetune": last["finetune"], "rounds": rounds,
+            "phases": {k: round(v, 1) for k, v in {**phases, **last["phases"]}.items()}}
+
+
+def window(args: argparse.Namespace, proc, url: str, work: Path, trainer, rss: RssMonitor, r: int) -> dict:
+    """One round: the fine-tune starts; visitors and the flood for args.seconds; the fine-tune's end is awaited;
+    then the server idles args.settle seconds. Round r's visitors download into their own folder."""
+    phases, started = {}, time.monotonic()
     watcher = FinetuneWatcher(trainer, args.seconds + args.finetune_minutes * 60 + 300)
     if args.finetune:
-        start_finetune(trainer, work, args.finetune_minutes, args.finetune_steps, args.finetune_batch)
+        start_finetune(trainer, work / f"round{r}", args.finetune_minutes, args.finetune_steps, args.finetune_batch)
         watcher.start()
     phases["fine-tune start"] = time.monotonic() - started
     with ThreadPoolExecutor(max(1, args.visitors)) as pool:
-        clients = list(pool.map(lambda i: client(url, visitor_address(i), work / "downloads"), range(args.visitors)))
+        clients = list(pool.map(lambda i: client(url, visitor_address(i), work / f"downloads{r}"),
+                                range(args.visitors)))
         window_start = time.monotonic()
         stop_at = window_start + args.seconds
         flood: list[dict] = []
@@ -334,21 +362,23 @@ def measure(args: argparse.Namespace, proc, url: str, work: Path) -> dict:
     if args.finetune:
         watcher.join()
         phases["fine-tune end wait"] = time.monotonic() - stop_at
-    for c in [trainer, *clients]:
+    for c in clients:
         c.close()
     alive = proc.poll() is None and serves(url)
     rss_end = rss.sample() if alive else None
-    time.sleep(SETTLE_S)  # idle again: what is left now, the server holds for good
+    time.sleep(args.settle)  # idle again: what is left now, the server holds for good
     rss_idle = rss.sample() if alive else None
-    rss.done.set()
     # Memory through the visitors' window, in quarters: growth that levels off is buffers and caches filling up;
     # growth that goes on is a leak.
     quarters = [rss.at(window_start + q * args.seconds / 4) for q in range(5)]
-    return {"calls": calls, "flood": list(flood), "joins": joins, "alive": alive, "rss": (rss_start, rss.peak, rss_end),
-            "rss_loaded": rss_loaded, "rss_idle": rss_idle,
-            "rss_quarters": quarters,
-            "finetune": watcher.outcome(started, stop_at) if args.finetune else None,
-            "phases": {k: round(v, 1) for k, v in phases.items()}}
+    failed = sum(bool(c["error"]) for c in calls)
+    finetune = watcher.outcome(started, stop_at) if args.finetune else None
+    return {"calls": calls, "flood": list(flood), "joins": joins, "alive": alive, "rss_end": rss_end,
+            "rss_idle": rss_idle, "rss_quarters": quarters, "finetune": finetune, "phases": phases,
+            "summary": {"visitor_requests": len(calls), "visitor_failures": failed,
+                        "rss_end_mb": None if rss_end is None else round(rss_end / 2**20),
+                        "rss_idle_after_mb": None if rss_idle is None else round(rss_idle / 2**20),
+                        "finetune_finished": None if finetune is None else finetune["finished"]}}
 
 
 def tracebacks(log: str) -> list[str]:
@@ -391,10 +421,11 @@ def summarise(args: argparse.Namespace, raw: dict, log: str) -> dict:
         "hostile_mean_s": {e: round(statistics.mean(f["seconds"] for f in flood if f["endpoint"] == e), 2)
                            for e in sorted({f["endpoint"] for f in flood})},
         "phases_s": raw["phases"],
+        "rounds": [one["summary"] for one in raw["rounds"]], "settle_s": args.settle,
     }
     result["ok"] = (result["visitor_failures"] == 0 and len(calls) > 0 and raw["alive"]
                     and result["server_tracebacks"] == 0 and "503" not in raw["joins"]
-                    and (finetune is None or finetune["finished"]))
+                    and all(one["finetune"] is None or one["finetune"]["finished"] for one in raw["rounds"]))
     return result
 
 
@@ -420,7 +451,9 @@ def print_table(r: dict) -> None:
         ("server RSS with the model loaded (one image)", f"{r['rss_loaded_mb']} MB", ""),
         (f"server RSS after warm-up ({r['warm_up']}) / peak / end",
          f"{r['rss_start_mb']} / {r['rss_peak_mb']} / {r['rss_end_mb']} MB", "no growth"),
-        (f"server RSS idle {SETTLE_S:.0f} s after the window", f"{r['rss_idle_after_mb']} MB", "= after warm-up"),
+        (f"server RSS idle {r['settle_s']:g} s after the window", f"{r['rss_idle_after_mb']} MB", "= after warm-up"),
+        (f"server RSS idle {r['settle_s']:g} s after each round ({len(r['rounds'])})",
+         " / ".join(str(one["rss_idle_after_mb"]) for one in r["rounds"]) + " MB", "no rise round on round"),
         ("server RSS at each quarter of the visitors' window",
          " / ".join(str(q) for q in r["rss_window_quarters_mb"]) + " MB", "levels off"),
         ("fine-tune", tune, "finishes"),
@@ -444,6 +477,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     p.add_argument("--visitors", type=int, default=20, help="well-behaved visitors at once")
     p.add_argument("--seconds", type=float, default=120, help="how long they generate")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="windows in a row on the same server, each with its own fine-tune and an idle pause after "
+                        "it: memory that rises round on round is a leak, a first-round rise that stays is not")
     p.add_argument("--flood", action=argparse.BooleanOptionalAction, default=True, help="one hostile client floods")
     p.add_argument("--flood-threads", type=int, default=4, help="the hostile client's requests at a time")
     p.add_argument("--port", type=int, default=0, help="the server's port (default: a free one)")
@@ -451,6 +487,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warm-up", choices=("full", "one"), default="full",
                    help="before the window: each kind of request once at its largest on both model threads (full), "
                         "or one image only (one)")
+    p.add_argument("--settle", type=float, default=SETTLE_S,
+                   help="idle seconds after the warm-up and after each round before memory is read")
     p.add_argument("--model", type=Path, default=ROOT / "assets" / "model", help="the model the server ships")
     p.add_argument("--num-images", type=int, default=4, help="images per visitor call (the page's default)")
     p.add_argument("--finetune", action=argparse.BooleanOptionalAction, default=True, help="a fine-tune runs")

@@ -17,6 +17,7 @@ from t2i_core.evaluation.metrics import (
     diversity,
     frechet_distance,
     max_distractors,
+    paired_difference,
     per_caption_rate,
     pixel_diversity,
     r_precision,
@@ -87,6 +88,22 @@ def test_per_caption_rate_counts_each_captions_own_images():
     hits = torch.tensor([True, False, True, True, False])
     caption = torch.tensor([0, 0, 2, 2, 2])
     assert per_caption_rate(hits, caption, 4) == [0.5, None, 0.6667, None]
+
+
+def test_paired_difference_tells_a_real_gap_from_noise():
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.2, 0.9, 200).tolist()
+    same = paired_difference(base, base)
+    assert same["difference"] == 0 and same["ci95"] == [0, 0] and same["equal"] == 200
+    # Every caption 0.1 better: the whole interval is above 0.
+    up = paired_difference([b + 0.1 for b in base], base)
+    assert abs(up["difference"] - 0.1) < 1e-9 and up["ci95"][0] > 0.09 and up["better"] == 200
+    # Noise of +-0.1 around no change: the interval holds 0. Captions missing on either side are left out.
+    noisy = [b + d for b, d in zip(base, rng.choice([-0.1, 0.1], 200))]
+    mixed = paired_difference(noisy + [None, 0.5], base + [0.5, None])
+    assert mixed["captions"] == 200 and mixed["ci95"][0] < 0 < mixed["ci95"][1]
+    assert mixed["better"] + mixed["worse"] == 200
+    assert paired_difference(noisy, base, seed=3)["difference"] == mixed["difference"]
 
 
 def test_r_precision_is_one_for_perfect_features_and_chance_for_shuffled():
@@ -303,6 +320,11 @@ def test_eval_command_with_free_form_prompts(shapes_corpus, tiny_model_dir, tiny
         assert abs(sum(per_prompt) / 5 - figures["r_precision"]) < 1e-3
         for key in ("r_precision", "alignment", "diversity", "pixel_diversity"):
             assert math.isfinite(figures[key]), (name, key)
+    # Generated against retrieval, paired by prompt, with its interval: the same per-prompt figures' difference.
+    vs = report["r_precision_vs_retrieval"]
+    gen, ret = report["per_caption_r_precision"]["generated"], report["per_caption_r_precision"]["retrieval"]
+    assert abs(vs["difference"] - sum(g - r for g, r in zip(gen, ret)) / 5) < 1e-9 and vs["captions"] == 5
+    assert vs["ci95"][0] <= vs["difference"] <= vs["ci95"][1] and "R@1 generated - retrieval" in out
     # Without a corpus (and from a .txt): no retrieval row, and the random row is noise.
     txt = tmp_path / "p.txt"
     txt.write_text("\n".join(words[:3]) + "\n")

@@ -70,6 +70,24 @@ def per_caption_rate(hits: torch.Tensor, caption: torch.Tensor, num_captions: in
     return [None if n == 0 else round(float(t / n), 4) for t, n in zip(total, count)]
 
 
+def paired_difference(a: Sequence[float | None], b: Sequence[float | None], rounds: int = 2000,
+                      seed: int = 0) -> dict:
+    """Mean of a - b over captions scored in both (per-caption rates, e.g. R@1 of generated vs retrieval) with a 95%
+    interval from a paired bootstrap over captions (a caption's samples share its exemplars and move together, so
+    captions, not images, are the units). Also how many captions came out better, worse and equal.
+    A difference whose interval holds 0 is within the evaluation's noise."""
+    pairs = np.array([(x, y) for x, y in zip(a, b) if x is not None and y is not None], dtype=np.float64)
+    if len(pairs) == 0:
+        return {"difference": math.nan, "ci95": [math.nan, math.nan], "better": 0, "worse": 0, "equal": 0,
+                "captions": 0}
+    diff = pairs[:, 0] - pairs[:, 1]
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(rounds, len(diff)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"difference": float(diff.mean()), "ci95": [float(low), float(high)], "better": int((diff > 0).sum()),
+            "worse": int((diff < 0).sum()), "equal": int((diff == 0).sum()), "captions": len(diff)}
+
+
 def alignment(image_feats: torch.Tensor, text_feats: torch.Tensor) -> float:
     """100 x the mean cosine similarity of matched rows (a CLIP-score analogue, not clipped at 0).
 

@@ -24,7 +24,7 @@ from ..data.loading import images_to_tensor, load_pairs
 from . import compositional as comp
 from .copies import copy_check, format_copies
 from .metrics import (ROWS, alignment, choose_distractors, diversity, frechet_distance, max_distractors,
-                      per_caption_rate, pixel_diversity, r_precision_hits)
+                      paired_difference, per_caption_rate, pixel_diversity, r_precision_hits)
 from .scorer import pooled_text_vectors, read_group_keys
 
 
@@ -268,6 +268,9 @@ def evaluate(pipe, scorer, eval_set: EvalSet, train: TrainingImages | None, samp
         "per_caption_r_precision": per_caption,
         "generated_images": rows["generated"].images,
     }
+    if "retrieval" in per_caption:
+        report["r_precision_vs_retrieval"] = paired_difference(per_caption["generated"], per_caption["retrieval"],
+                                                               seed=seed)
     _extra_checks(report, scorer, rows, feats, train, compositional, names, num_distractors, seed, log)
     return report
 
@@ -355,6 +358,13 @@ def format_report(report: dict) -> str:
     text.insert(1, "-" * len(text[0]))
     text.append(f"chance R@1 = {report['chance_r_precision']:.3f}; alignment = 100 x mean cosine; "
                 f"random row: {report['random_row']}")
+    if "r_precision_vs_retrieval" in report:
+        d = report["r_precision_vs_retrieval"]
+        low, high = d["ci95"]
+        verdict = "within noise" if low <= 0 <= high else ("above" if low > 0 else "below")
+        text.append(f"R@1 generated - retrieval: {d['difference']:+.3f}, 95% interval {low:+.3f} to {high:+.3f} "
+                    f"({verdict}; paired bootstrap over {d['captions']} captions: {d['better']} better, "
+                    f"{d['worse']} worse, {d['equal']} equal)")
     if "copies" in report:
         text.extend(format_copies(report["copies"]))
     if "compositional" in report:
