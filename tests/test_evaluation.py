@@ -22,7 +22,7 @@ from t2i_core.evaluation.metrics import (
     pixel_diversity,
     r_precision,
 )
-from t2i_core.evaluation.report import fd_pairing
+from t2i_core.evaluation.report import fd_pairing, generated_images
 from t2i_core.evaluation.scorer import ContrastiveScorer, ImageEncoder, contrastive_loss, shift_and_zoom
 from t2i_core.evaluation.scorer_training import train_scorer
 
@@ -331,6 +331,31 @@ def test_eval_command_with_free_form_prompts(shapes_corpus, tiny_model_dir, tiny
     out = run_eval(["--model", str(tiny_model_dir), "--prompts", str(txt), "--scorer", str(tiny_scorer_dir),
                     "--samples", "1"], capsys)
     assert set(table_rows(out)) == {"generated", "random"} and "uniform noise" in out
+
+
+def test_eval_scores_the_exemplars_each_image_drew_on_as_a_row(shapes_corpus, tiny_exemplar_model_dir, tiny_scorer_dir,
+                                                                  tmp_path, capsys):
+    from t2i_core import T2IPipeline
+
+    prompts = tmp_path / "p.txt"
+    words = ["a red square", "a blue square", "a green square", "a yellow square"]
+    prompts.write_text("\n".join(words) + "\n")
+    out = run_eval(["--model", str(tiny_exemplar_model_dir), "--data", str(shapes_corpus), "--prompts", str(prompts),
+                    "--scorer", str(tiny_scorer_dir), "--samples", "2", "--json", str(tmp_path / "r.json")], capsys)
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert set(report["rows"]) == {"generated", "exemplars", "retrieval", "random"}
+    assert report["rows"]["exemplars"]["images"] == 8 and "R@1 generated - exemplars" in out
+    assert "exemplars" not in report["copies"]  # bank pictures: not a question of copying
+    vs = report["r_precision_vs_exemplars"]
+    gen, ex = report["per_caption_r_precision"]["generated"], report["per_caption_r_precision"]["exemplars"]
+    assert vs["captions"] == 4 and abs(vs["difference"] - sum(g - e for g, e in zip(gen, ex)) / 4) < 1e-9
+    # The row is made of the bank pictures the generated images drew on, image by image.
+    pipe = T2IPipeline.from_pretrained(tiny_exemplar_model_dir)
+    drawn_on: list = []
+    images = generated_images(pipe, words, 2, 0, log=lambda *a: None, drawn_on=drawn_on)
+    assert len(drawn_on) == len(images) == 8
+    assert drawn_on == [picked[0][1] for picked in pipe(words, num_images=2, seed=0).exemplars]
+    assert all(pipe.bank.captions[j].startswith(w[2:]) for w, j in zip([w for w in words for _ in range(2)], drawn_on))
 
 
 def test_eval_command_errors_say_what_to_do(shapes_corpus, tiny_model_dir, tiny_scorer_dir, tmp_path):

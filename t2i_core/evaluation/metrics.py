@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROWS = ("generated", "real", "retrieval", "random")
+ROWS = ("generated", "exemplars", "real", "retrieval", "random")
 COLUMNS = ("images", "r_precision", "alignment", "frechet_distance", "diversity", "pixel_diversity")
 
 

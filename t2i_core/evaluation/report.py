@@ -137,14 +137,17 @@ class RowImages:
 
 
 def generated_images(pipe, captions: list[str], samples: int, seed: int, log=print, truncation: float = 1.0,
-                     guidance: float = 1.0, exemplars: int | None = None) -> torch.Tensor:
+                     guidance: float = 1.0, exemplars: int | None = None, drawn_on: list | None = None) -> torch.Tensor:
     """`samples` images per caption (image k uses seed + k), caption-major: (T * samples, 3, R, R) uint8.
-    exemplars: bank entries each image draws on (None: the pipeline's default; 0: the text alone)."""
+    exemplars: bank entries each image draws on (None: the pipeline's default; 0: the text alone). With a list as
+    `drawn_on`, each image's first bank index is appended to it (None for an image that drew on none)."""
     chunk, out = 16, []
     for start in range(0, len(captions), chunk):
         result = pipe(captions[start : start + chunk], num_images=samples, seed=seed, batch_size=64,
                       truncation=truncation, guidance=guidance, exemplars=exemplars)
         out.append(pil_to_uint8(result.images))
+        if drawn_on is not None:
+            drawn_on.extend(picked[0][1] if picked else None for picked in result.exemplars)
         if start and start % (chunk * 16) == 0:
             log(f"  generated {start * samples} / {len(captions) * samples}")
     return torch.cat(out)
@@ -214,7 +217,8 @@ def evaluate(pipe, scorer, eval_set: EvalSet, train: TrainingImages | None, samp
              num_distractors: int = 99, seed: int = 0, log=print, truncation: float = 1.0, guidance: float = 1.0,
              compositional: list[dict] | None = None, names: list[str] | None = None,
              exemplars: int | None = None) -> dict:
-    """Score the generated, real, retrieval and random rows on `eval_set`; returns the report dict (see `format_report`).
+    """Score the generated, real, retrieval and random rows on `eval_set`, and with a bank the exemplars each generated
+    image drew on; returns the report dict (see `format_report`).
     truncation, guidance and exemplars are the sampling settings of the generated row. With a training split, also the copy
     check (`copies`); with `compositional` rows ({"prompt", "object", "colour"}, see `compositional`), their colour
     and object checks, the objects ranked among `names` (the corpus's emoji names)."""
@@ -234,8 +238,15 @@ def evaluate(pipe, scorer, eval_set: EvalSet, train: TrainingImages | None, samp
 
     log(f"generating {samples} image(s) for each of {k} captions")
     fd_idx = fd_pairing(eval_set.image_caption, samples) if real else None
-    rows = {"generated": RowImages(generated_images(pipe, captions, samples, seed, log, truncation, guidance, exemplars),
-                                   torch.arange(k).repeat_interleave(samples), fd_idx)}
+    drawn_on: list = []
+    rows = {"generated": RowImages(generated_images(pipe, captions, samples, seed, log, truncation, guidance, exemplars,
+                                                    drawn_on), torch.arange(k).repeat_interleave(samples), fd_idx)}
+    if drawn_on and all(j is not None for j in drawn_on):
+        # What each image drew on, scored as a row of its own: retrieval as the model does it, so that the model's
+        # redrawing is judged against its own exemplars (the retrieval row below is plain nearest captions).
+        exemplar_pixels = pipe.bank.images[torch.tensor(drawn_on)]
+        rows["exemplars"] = RowImages(_resize_uint8(exemplar_pixels, scorer.resolution),
+                                      torch.arange(k).repeat_interleave(samples), fd_idx)
     if real:
         rows["real"] = RowImages(eval_set.images, eval_set.image_caption)
     random_kind = _reference_rows(rows, pipe, train, captions, samples, seed, scorer.resolution, fd_idx, notes)
@@ -268,9 +279,9 @@ def evaluate(pipe, scorer, eval_set: EvalSet, train: TrainingImages | None, samp
         "per_caption_r_precision": per_caption,
         "generated_images": rows["generated"].images,
     }
-    if "retrieval" in per_caption:
-        report["r_precision_vs_retrieval"] = paired_difference(per_caption["generated"], per_caption["retrieval"],
-                                                               seed=seed)
+    for name in ("retrieval", "exemplars"):
+        if name in per_caption:
+            report[f"r_precision_vs_{name}"] = paired_difference(per_caption["generated"], per_caption[name], seed=seed)
     _extra_checks(report, scorer, rows, feats, train, compositional, names, num_distractors, seed, log)
     return report
 
@@ -282,9 +293,9 @@ def _extra_checks(report: dict, scorer, rows: dict, feats: dict, train: Training
     if train is not None:
         log(f"finding each image's nearest of {len(train.images)} training images (the copy check)")
         train_feats = image_features(scorer, _resize_uint8(train.images, scorer.resolution))
-        # The random row is training images too: 0 by construction like retrieval, so it is not computed.
-        report["copies"] = copy_check({n: r.images for n, r in rows.items() if n != "random"}, feats, train.images,
-                                      train_feats)
+        # The random row is training images too (0 by construction, like retrieval), and the exemplar row bank pictures.
+        checked = {n: r.images for n, r in rows.items() if n not in ("random", "exemplars")}
+        report["copies"] = copy_check(checked, feats, train.images, train_feats)
     else:
         report["notes"].append("no training split: no copy check")
     if compositional:
@@ -358,13 +369,18 @@ def format_report(report: dict) -> str:
     text.insert(1, "-" * len(text[0]))
     text.append(f"chance R@1 = {report['chance_r_precision']:.3f}; alignment = 100 x mean cosine; "
                 f"random row: {report['random_row']}")
-    if "r_precision_vs_retrieval" in report:
-        d = report["r_precision_vs_retrieval"]
+    for name in ("retrieval", "exemplars"):
+        if f"r_precision_vs_{name}" not in report:
+            continue
+        d = report[f"r_precision_vs_{name}"]
         low, high = d["ci95"]
         verdict = "within noise" if low <= 0 <= high else ("above" if low > 0 else "below")
-        text.append(f"R@1 generated - retrieval: {d['difference']:+.3f}, 95% interval {low:+.3f} to {high:+.3f} "
+        text.append(f"R@1 generated - {name}: {d['difference']:+.3f}, 95% interval {low:+.3f} to {high:+.3f} "
                     f"({verdict}; paired bootstrap over {d['captions']} captions: {d['better']} better, "
                     f"{d['worse']} worse, {d['equal']} equal)")
+    if "exemplars" in report["rows"]:
+        text.append("exemplars row: the bank picture each generated image drew on (its first); retrieval row: each "
+                    "caption's nearest training captions' pictures")
     if "copies" in report:
         text.extend(format_copies(report["copies"]))
     if "compositional" in report:
