@@ -88,6 +88,14 @@ def paired_difference(a: Sequence[float | None], b: Sequence[float | None], roun
             "worse": int((diff < 0).sum()), "equal": int((diff == 0).sum()), "captions": len(diff)}
 
 
+def format_paired(what: str, d: dict) -> str:
+    """One line for a `paired_difference` result."""
+    low, high = d["ci95"]
+    verdict = "within noise" if low <= 0 <= high else ("above" if low > 0 else "below")
+    return (f"{what}: {d['difference']:+.3f}, 95% interval {low:+.3f} to {high:+.3f} ({verdict}; paired bootstrap "
+            f"over {d['captions']} captions: {d['better']} better, {d['worse']} worse, {d['equal']} equal)")
+
+
 def alignment(image_feats: torch.Tensor, text_feats: torch.Tensor) -> float:
     """100 x the mean cosine similarity of matched rows (a CLIP-score analogue, not clipped at 0).
 

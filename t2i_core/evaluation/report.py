@@ -24,7 +24,7 @@ from ..data.loading import images_to_tensor, load_pairs
 from . import compositional as comp
 from .copies import copy_check, format_copies
 from .metrics import (ROWS, alignment, choose_distractors, diversity, frechet_distance, max_distractors,
-                      paired_difference, per_caption_rate, pixel_diversity, r_precision_hits)
+                      format_paired, paired_difference, per_caption_rate, pixel_diversity, r_precision_hits)
 from .scorer import pooled_text_vectors, read_group_keys
 
 
@@ -238,15 +238,8 @@ def evaluate(pipe, scorer, eval_set: EvalSet, train: TrainingImages | None, samp
 
     log(f"generating {samples} image(s) for each of {k} captions")
     fd_idx = fd_pairing(eval_set.image_caption, samples) if real else None
-    drawn_on: list = []
-    rows = {"generated": RowImages(generated_images(pipe, captions, samples, seed, log, truncation, guidance, exemplars,
-                                                    drawn_on), torch.arange(k).repeat_interleave(samples), fd_idx)}
-    if drawn_on and all(j is not None for j in drawn_on):
-        # What each image drew on, scored as a row of its own: retrieval as the model does it, so that the model's
-        # redrawing is judged against its own exemplars (the retrieval row below is plain nearest captions).
-        exemplar_pixels = pipe.bank.images[torch.tensor(drawn_on)]
-        rows["exemplars"] = RowImages(_resize_uint8(exemplar_pixels, scorer.resolution),
-                                      torch.arange(k).repeat_interleave(samples), fd_idx)
+    rows = _generated_rows(pipe, captions, samples, seed, log, (truncation, guidance, exemplars), fd_idx,
+                           scorer.resolution)
     if real:
         rows["real"] = RowImages(eval_set.images, eval_set.image_caption)
     random_kind = _reference_rows(rows, pipe, train, captions, samples, seed, scorer.resolution, fd_idx, notes)
@@ -261,7 +254,6 @@ def evaluate(pipe, scorer, eval_set: EvalSet, train: TrainingImages | None, samp
     if real:
         figures["real"]["frechet_distance"] = 0.0  # the reference set itself
         notes.append("real: FD is 0 by construction (the reference set); diversity is n/a (one image per caption)")
-    if real:
         notes.append(f"FD: each row's {len(eval_set.images)} images (one per real test image, same captions) against "
                      "the real test images, in the scorer's unit-norm feature space")
     report = {
@@ -279,9 +271,6 @@ def evaluate(pipe, scorer, eval_set: EvalSet, train: TrainingImages | None, samp
         "per_caption_r_precision": per_caption,
         "generated_images": rows["generated"].images,
     }
-    for name in ("retrieval", "exemplars"):
-        if name in per_caption:
-            report[f"r_precision_vs_{name}"] = paired_difference(per_caption["generated"], per_caption[name], seed=seed)
     _extra_checks(report, scorer, rows, feats, train, compositional, names, num_distractors, seed, log)
     return report
 
@@ -289,7 +278,11 @@ def evaluate(pipe, scorer, eval_set: EvalSet, train: TrainingImages | None, samp
 def _extra_checks(report: dict, scorer, rows: dict, feats: dict, train: TrainingImages | None,
                   compositional: list[dict] | None, names: list[str] | None, num: int, seed: int, log) -> None:
     """Add the copy check ("copies", with a training split) and the compositional figures ("compositional", when
-    its rows are given) to the report."""
+    its rows are given) to the report, and the generated row's R@1 against retrieval's and its exemplars' (paired)."""
+    per_caption = report["per_caption_r_precision"]
+    for name in ("retrieval", "exemplars"):
+        if name in per_caption:
+            report[f"r_precision_vs_{name}"] = paired_difference(per_caption["generated"], per_caption[name], seed=seed)
     if train is not None:
         log(f"finding each image's nearest of {len(train.images)} training images (the copy check)")
         train_feats = image_features(scorer, _resize_uint8(train.images, scorer.resolution))
@@ -307,6 +300,19 @@ def _extra_checks(report: dict, scorer, rows: dict, feats: dict, train: Training
         report["compositional"] = {n: comp.score(scorer, rows[n].images, feats[n], wanted, samples, names, num, seed)
                                    for n in ("generated", "retrieval") if n in rows}
         report["compositional_candidates"] = comp.candidates(names, num)
+
+
+def _generated_rows(pipe, captions: list[str], samples: int, seed: int, log, settings: tuple, fd_idx, res: int) -> dict:
+    """The generated row (settings: truncation, guidance, exemplars) and, when every image drew on the bank, the
+    exemplars row: the bank picture each drew on, scored as a row of its own, so that the model's redrawing is judged
+    against its own exemplars (the retrieval row is plain nearest captions, not how the pipeline retrieves)."""
+    drawn_on: list = []
+    caption = torch.arange(len(captions)).repeat_interleave(samples)
+    rows = {"generated": RowImages(generated_images(pipe, captions, samples, seed, log, *settings, drawn_on=drawn_on),
+                                   caption, fd_idx)}
+    if drawn_on and all(j is not None for j in drawn_on):
+        rows["exemplars"] = RowImages(_resize_uint8(pipe.bank.images[torch.tensor(drawn_on)], res), caption, fd_idx)
+    return rows
 
 
 def _reference_rows(rows: dict, pipe, train: TrainingImages | None, captions: list[str], samples: int, seed: int,
@@ -369,18 +375,10 @@ def format_report(report: dict) -> str:
     text.insert(1, "-" * len(text[0]))
     text.append(f"chance R@1 = {report['chance_r_precision']:.3f}; alignment = 100 x mean cosine; "
                 f"random row: {report['random_row']}")
-    for name in ("retrieval", "exemplars"):
-        if f"r_precision_vs_{name}" not in report:
-            continue
-        d = report[f"r_precision_vs_{name}"]
-        low, high = d["ci95"]
-        verdict = "within noise" if low <= 0 <= high else ("above" if low > 0 else "below")
-        text.append(f"R@1 generated - {name}: {d['difference']:+.3f}, 95% interval {low:+.3f} to {high:+.3f} "
-                    f"({verdict}; paired bootstrap over {d['captions']} captions: {d['better']} better, "
-                    f"{d['worse']} worse, {d['equal']} equal)")
+    text.extend(format_paired(f"R@1 generated - {name}", report[f"r_precision_vs_{name}"])
+                for name in ("retrieval", "exemplars") if f"r_precision_vs_{name}" in report)
     if "exemplars" in report["rows"]:
-        text.append("exemplars row: the bank picture each generated image drew on (its first); retrieval row: each "
-                    "caption's nearest training captions' pictures")
+        text.append("exemplars row: the bank picture each image drew on; retrieval row: the nearest captions' pictures")
     if "copies" in report:
         text.extend(format_copies(report["copies"]))
     if "compositional" in report:
@@ -398,6 +396,3 @@ def json_ready(report: dict) -> dict:
     out["rows"] = {name: {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in f.items()}
                    for name, f in report["rows"].items()}
     return out
-
-
-# Command line: `python -m t2i_core eval`.
