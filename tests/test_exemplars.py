@@ -281,3 +281,37 @@ def test_a_seed_picks_the_same_entry_whatever_order_ties_come_in():
     assert nearest(query, 8)[1][0, :4].tolist() != ties_reversed(query, 8)[1][0, :4].tolist()
     bank._nearest = ties_reversed
     assert {s: bank.retrieve(query, 1, seeds=[s]).item() for s in range(12)} == picks
+
+
+def test_consecutive_seeds_draw_every_near_tie_once_before_any_twice():
+    # The images of one call use consecutive seeds; a random pick among ties gave two of them the same exemplar (the
+    # same picture twice in a grid). Each near tie must come once before any comes again, the best-ranked at seed 0,
+    # whatever seed the run starts at.
+    bank = tiny_bank(n=16, groups=4)
+    bank.group_vectors = torch.nn.functional.normalize(torch.randn(4, 16, generator=torch.Generator().manual_seed(1)), dim=-1)
+    query = bank.group_vectors[1:2]
+    ties = [j for j in range(16) if bank.groups[j] == "g1"]
+    for start in (0, 5, 1_000_003):
+        drawn = [bank.retrieve(query, 1, seeds=[start + s]).item() for s in range(2 * len(ties))]
+        assert sorted(drawn[: len(ties)]) == ties and drawn[len(ties):] == drawn[: len(ties)]
+    # Seed 0 draws the tie whose own caption is nearest the query.
+    caption_sims = bank.vectors[ties] @ torch.nn.functional.normalize(query, dim=-1)[0]
+    assert bank.retrieve(query, 1, seeds=[0]).item() == ties[int(caption_sims.argmax())]
+
+
+def test_seeds_take_turns_between_the_two_best_kinds_and_never_draw_a_third():
+    # Three kinds (groups) within the ties margin of a prompt: consecutive seeds alternate between the two best and
+    # go through each one's entries; the third is never drawn.
+    eye = torch.eye(16)
+    group_vectors = eye[:3].clone()
+    gen = torch.Generator().manual_seed(3)
+    groups = [f"kind {i % 3}" for i in range(12)]
+    vectors = torch.nn.functional.normalize(eye[[i % 3 for i in range(12)]] + 0.5 * torch.cat(
+        [torch.zeros(12, 3), torch.randn(12, 13, generator=gen)], dim=1), dim=-1)
+    bank = ExemplarBank(torch.zeros(12, 3, 8, 8, dtype=torch.uint8), vectors, [f"c{i}" for i in range(12)], groups,
+                        group_vectors)
+    query = torch.nn.functional.normalize(eye[0] + 0.999 * eye[1] + 0.98 * eye[2], dim=-1)[None]
+    drawn = [bank.retrieve(query, 1, seeds=[s]).item() for s in range(8)]
+    kinds = [groups[j] for j in drawn]
+    assert set(kinds) == {"kind 0", "kind 1"} and kinds[0] != kinds[1] and kinds == kinds[:2] * 4
+    assert len(set(drawn)) == 8  # each kind's four entries, once each

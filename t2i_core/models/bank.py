@@ -117,17 +117,17 @@ class ExemplarBank:
                  pool: int = 64) -> torch.Tensor:
         """Query sentence vectors (B, D) -> bank indices (B, k), best first, at most one entry per group.
 
-        Without seeds: the top-k by similarity (see `_nearest`). With a seed per query, the seed picks among near
-        ties, so that "red apple" never draws a pear:
-        - with group vectors, among the entries within `ties` (default 0.03) of the best: "grinning face" matches
-          the name of every style's entry equally and draws the face in its different styles, "grinning face, google
-          style" matches the google entry's caption best and draws mostly that style;
-        - without, among all entries of the groups that have one within `ties` (default 0.02) of the best.
-        On the emoji test split (prompts that name a style) a wider margin trades R@1 for diversity: 0.02, 0.03 and
-        0.05 gave R@1 0.705 / 0.668 / 0.606 and diversity 0.20 / 0.27 / 0.37 (docs/BENCHMARKS.md, session 10).
+        Without seeds: the top-k by similarity (see `_nearest`). With a seed per query, seed s draws the
+        (s mod n)-th of the query's n near ties in turn (`_turns`), so that "red apple" never draws a pear, and
+        consecutive seeds (the images of one call) draw different entries and never repeat one before all n are
+        drawn. The near ties are:
+        - with group vectors, the entries within `ties` (default 0.05) of the best, of the two best groups among
+          them: "grinning face" matches the name of every style's entry equally and draws the face in its different
+          styles; "grinning face, google style" ranks the google entry first, so seed 0 draws it;
+        - without, all entries of the two best groups that have one within `ties` (default 0.02) of the best.
         """
         if ties is None:
-            ties = 0.03 if self.group_vectors is not None else 0.02
+            ties = 0.05 if self.group_vectors is not None else 0.02
         if k < 1 or len(self) == 0:
             return torch.zeros(len(query), 0, dtype=torch.long)
         unit = F.normalize(query.float(), dim=-1)
@@ -136,22 +136,10 @@ class ExemplarBank:
         for b in range(len(query)):
             order = top_idx[b].tolist()
             if seeds is not None:
-                sims = top_sims[b].tolist()
-                if self.group_vectors is not None:
-                    near = [j for j, s in zip(order, sims) if s >= sims[0] - ties]
-                    best = {self.groups[j] for j in near}
-                else:
-                    best = {self.groups[j] for j, s in zip(order, sims) if s >= sims[0] - ties}
-                    near = [j for j in order if self.groups[j] in best]
-                # A fixed order before the seed's permutation: best first; entries of one group tie exactly on its
-                # name, so among ties the better caption, then the lower index. The order topk happens to give ties
-                # in must not decide (index order alone cost free-form R@1 0.818 -> 0.771: the seeds' picks lean
-                # to the front of the list).
-                score = dict(zip(order, sims))
-                caption = dict(zip(near, (self.vectors[near].float() @ unit[b]).tolist()))
-                near.sort(key=lambda j: (-score[j], -caption[j], j))
-                perm = torch.randperm(len(near), generator=torch.Generator().manual_seed(int(seeds[b])))
-                order = [near[i] for i in perm.tolist()] + [j for j in order if self.groups[j] not in best]
+                turns = self._turns(order, top_sims[b].tolist(), unit[b], ties)
+                turn = int(seeds[b]) % len(turns)
+                drawn = {self.groups[j] for j in turns}
+                order = turns[turn:] + turns[:turn] + [j for j in order if self.groups[j] not in drawn]
             picked, seen = [], set()
             for j in order:
                 if self.groups[j] not in seen:
@@ -163,6 +151,30 @@ class ExemplarBank:
                 picked.append(picked[0])
             out.append(picked)
         return torch.tensor(out, dtype=torch.long)
+
+    def _turns(self, order: list[int], sims: list[float], unit: torch.Tensor, ties: float, kinds: int = 2) -> list[int]:
+        """The near ties of one query (its best entries `order` and their scores `sims`, best first), in the order
+        seeds take them: the `kinds` best groups alternate, each group's entries best first.
+
+        Entries of one group tie exactly on its name, so an entry ranks by its score plus its own caption's
+        similarity, then by index; the order topk gives ties in must not decide (index order alone cost free-form R@1
+        0.818 -> 0.771). Taking turns between two groups, rather than a random pick among all the ties, gives the
+        emoji test split's exemplars (captions that name a style and an emoji the bank lacks) nearest-caption
+        retrieval's R@1 at any seed (0.714-0.719 against 0.714; a random pick among all: 0.62-0.68) and 0.89x its
+        diversity (docs/BENCHMARKS.md, session 14)."""
+        if self.group_vectors is not None:
+            near = [j for j, s in zip(order, sims) if s >= sims[0] - ties]
+        else:
+            best = {self.groups[j] for j, s in zip(order, sims) if s >= sims[0] - ties}
+            near = [j for j in order if self.groups[j] in best]
+        score = dict(zip(order, sims))
+        caption = dict(zip(near, (self.vectors[near].float() @ unit).tolist()))
+        near.sort(key=lambda j: (-(score[j] + caption[j]), j))
+        by_group: dict[str, list[int]] = {}
+        for j in near:
+            by_group.setdefault(self.groups[j], []).append(j)
+        groups = list(by_group.values())[:kinds]
+        return [g[r] for r in range(max(map(len, groups))) for g in groups if r < len(g)]
 
     def _nearest(self, query: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Unit query vectors (B, D) -> the n best entries' similarities and indices (B, n), best first.
