@@ -186,8 +186,9 @@ class T2IPipeline:
         """Generate `num_images` images per prompt. Image k of a prompt uses seed + k (seed=None draws one).
 
         exemplars: bank entries each image draws on, retrieved by the prompt's sentence vector (None: 1 when the
-        model has a bank, else 0; 0: none). Image k's seed picks among near ties (e.g. one emoji in several
-        styles); with truncation 0 the best matches are taken, so the image does not depend on the seed.
+        model has a bank, else 0; 0: none). Image k's seed takes its turn among near ties (e.g. one emoji in
+        several styles: seed 0 the best match, the next seeds the others; see `ExemplarBank.retrieve`); with
+        truncation 0 the best matches are taken, so the image does not depend on the seed.
         """
         prompts = self.check_inputs(prompt, num_images, seed, truncation, guidance)
         n_exemplars = self.check_exemplars(exemplars)
