@@ -315,3 +315,31 @@ def test_seeds_take_turns_between_the_two_best_kinds_and_never_draw_a_third():
     kinds = [groups[j] for j in drawn]
     assert set(kinds) == {"kind 0", "kind 1"} and kinds[0] != kinds[1] and kinds == kinds[:2] * 4
     assert len(set(drawn)) == 8  # each kind's four entries, once each
+
+
+def test_a_style_less_caption_learns_the_pixels_of_its_own_picture_drawn_beside_it(text_encoder):
+    """People type 'a ghost', not 'ghost, fluent style'. A sample trained on such a caption with its own picture as
+    the exemplar gets the pixel losses, as a styled caption does, so it keeps the exemplar's colours; with another
+    picture beside it, the caption does not fix the pixels and it gets none."""
+    from PIL import Image
+
+    from t2i_core.data.loading import Pair
+    from t2i_core.training.config import TrainConfig
+    from t2i_core.training.pairs import PairData, draw_batch
+
+    pairs = [Pair(Image.new("RGB", (16, 16), (40 * i, 90, 200 - 30 * i)), f"{name}, {style} style", str(i),
+                  (name, f"{name} emoji"))
+             for i, (name, style) in enumerate([("ghost", "google"), ("ghost", "twitter"), ("apple", "google"),
+                                                ("apple", "twitter"), ("the moon", "google"), ("the moon", "apple")])]
+    assert "a ghost" not in PairData.build(pairs, text_encoder).captions
+    data = PairData.build(pairs, text_encoder, article=True).use_exemplars()
+    assert {"a ghost", "an apple"} <= set(data.captions) and "a the moon" not in data.captions
+    cfg = TrainConfig(batch_size=6, alt_caption_prob=1.0, caption_dropout=0.0, recolour_prob=0.0, exemplar_prob=1.0,
+                      exemplar_self=0.5, exemplar_same_group=0.5)
+    own, paired = [], []
+    for step in range(20):
+        b = draw_batch(data, cfg, step, z_dim=4, resolution=16)
+        own.append((b.g_inputs["exemplars"][:, 0] == b.real).flatten(1).all(1) & b.g_inputs["exemplar_mask"][:, 0])
+        paired.append(b.paired)
+    own, paired = torch.cat(own), torch.cat(paired)
+    assert 0 < own.sum() < len(own) and torch.equal(paired, own)

@@ -64,6 +64,8 @@ class TrainConfig:
                                       "sample against its real image)")
     alt_caption_prob: float = option(0.3, "share of samples trained on an alternative caption (metadata column "
                                           "alt_texts), if any")
+    article_captions: bool = option(False, "also train on each image's first alternative caption with 'a'/'an' "
+                                           "before it ('a ghost'), the form people type")
     diversity_weight: float = option(1.0, "weight of the mode-seeking term (pairs of samples share a caption; 0 = off)")
     diversity_cap: float = option(0.5, "the mode-seeking ratio is not rewarded above this value")
     augment: bool = option(True, "differentiable augmentation of D's inputs (helps small data sets)")

@@ -115,7 +115,7 @@ class Trainer:
             pairs, self.report = load_pairs(cfg.data, self.resolution, fit=cfg.fit, image_column=cfg.image_column,
                                             caption_column=cfg.caption_column)
             self.log.line(self.report.summary())
-        self.data = PairData.build(pairs, self.text_encoder)
+        self.data = PairData.build(pairs, self.text_encoder, article=cfg.article_captions)
         self.data.text = self.data.text.to(self.device)
         self.bank = None
         if self.g.uses_exemplars:

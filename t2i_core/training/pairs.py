@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -63,13 +64,18 @@ class PairData:
         return bank
 
     @classmethod
-    def build(cls, pairs, text_encoder, batch: int = 256) -> "PairData":
+    def build(cls, pairs, text_encoder, batch: int = 256, article: bool = False) -> "PairData":
+        """article: each pair's first alternative caption also joins its alternatives with an article ('a ghost')."""
         images = ((images_to_tensor(pairs) + 1) * 127.5).round().to(torch.uint8)
-        captions = sorted({t for p in pairs for t in (p.text, *p.alt_texts)})
+        alts = []
+        for p in pairs:
+            extra = (with_article(p.alt_texts[0]),) if article and p.alt_texts else ()
+            alts.append(tuple(dict.fromkeys((*p.alt_texts, *extra))))
+        captions = sorted({t for p, a in zip(pairs, alts) for t in (p.text, *a)})
         index = {c: i for i, c in enumerate(captions)}
         caption_ids = torch.tensor([index[p.text] for p in pairs])
-        width = max([1] + [len(p.alt_texts) for p in pairs])
-        alt_ids = torch.tensor([[index[t] for t in p.alt_texts] + [-1] * (width - len(p.alt_texts)) for p in pairs])
+        width = max([1] + [len(a) for a in alts])
+        alt_ids = torch.tensor([[index[t] for t in a] + [-1] * (width - len(a)) for a in alts])
         chunks = [text_encoder(captions[i : i + batch]) for i in range(0, len(captions), batch)]
         return cls(images, caption_ids, captions, TextEmbedding.cat(chunks + [text_encoder([""])]), alt_ids, text_encoder)
 
@@ -89,13 +95,20 @@ class PairData:
         return torch.tensor(out)
 
 
+def with_article(name: str) -> str:
+    """'a ghost', 'an apple'; a name that already starts with an article is kept."""
+    if re.match(r"(a|an|the)\s", name, re.IGNORECASE):
+        return name
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+
+
 @dataclass
 class Batch:
     """This process's slice of one step's global batch, with every random draw of the step.
 
     real (b, 3, R, R) in [-1, 1]; cap (b,) caption ids as G and D's real/fake terms see them (null where dropped)
     and text their embeddings; text_mis a mismatched caption per sample, mis_ok (b,) where it really differs;
-    paired (b,) where the caption fixes the pixels (pixel losses apply); z_d, z_g (b, z_dim) noise of the D and G
+    paired (b,) where the caption or the first exemplar fixes the pixels (pixel losses apply); z_d, z_g (b, z_dim) noise of the D and G
     steps; aug four DiffAugment draws (None when off); directions (16, 3) for the colour loss; g_inputs extra
     keyword inputs of the generator, per sample: exemplars (b, K, 3, R, R) and exemplar_mask (b, K).
     """
@@ -141,6 +154,7 @@ def draw_batch(data: PairData, cfg, step: int, z_dim: int, resolution: int, rank
     cap = torch.where(use_alt, alts.gather(1, pick[:, None]).squeeze(1), data.caption_ids[idx])
     mis = cap.roll(1)
     picks = None
+    paired = ~drop & ~use_alt  # only an image's own caption fixes its pixels ...
     if data.sampler is not None:
         picks = data.sampler.pick(idx, gen, cfg.exemplar_slots, cfg.exemplar_prob, cfg.exemplar_same_group,
                                   cfg.exemplar_second_prob, cfg.recolour_prob, cfg.exemplar_self,
@@ -148,6 +162,9 @@ def draw_batch(data: PairData, cfg, step: int, z_dim: int, resolution: int, rank
         drop &= ~picks.recolour  # a recoloured image needs its caption
         use_alt &= ~picks.recolour
         mis = hard_negatives(data, picks, mis, use_alt, cfg.hard_negative_prob, gen)
+        # ... or its own picture as the exemplar: "a ghost" with the ghost drawn beside it is that very ghost, so the
+        # style-less captions people type learn to keep the exemplar's colours, as the styled ones do.
+        paired = (~drop & ~use_alt) | (picks.exemplars[:, 0] == idx)
     g_cap = torch.where(drop, torch.full_like(cap, data.null_id), cap)
     mis_ok = (mis != cap) & ~drop  # a mismatched pair only counts when the captions differ
     z_d = torch.randn(b, z_dim, generator=gen)
@@ -157,7 +174,7 @@ def draw_batch(data: PairData, cfg, step: int, z_dim: int, resolution: int, rank
     real = data.images[idx[part]].to(device).float() / 127.5 - 1
     local = lambda v: v[part].to(device)  # noqa: E731
     batch = Batch(real=real, cap=local(g_cap), text=data.text[local(g_cap)], text_mis=data.text[local(mis)],
-                  mis_ok=local(mis_ok), paired=local(~drop & ~use_alt), z_d=local(z_d), z_g=local(z_g),
+                  mis_ok=local(mis_ok), paired=local(paired), z_d=local(z_d), z_g=local(z_g),
                   aug=[a[part] if a is not None else None for a in aug], directions=directions.to(device))
     if picks is not None:
         batch = apply_picks(batch, data, picks, idx, part, gen)
