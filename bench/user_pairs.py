@@ -88,7 +88,7 @@ def build_pairs(out: Path, count: int, seed: int, cache_dir: Path) -> list[dict]
     chosen = random.Random(seed).sample(eligible, count)
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.png"):
-        old.unlink()
+        old.unlink(missing_ok=True)  # another run may be rebuilding the same cache
     rows = []
     for icon in chosen:
         name = f"{icon['slug']}.png"
