@@ -82,9 +82,10 @@ class TrainConfig:
     exemplar_prob: float = option(0.85, "share of (not recoloured) samples trained with an exemplar")
     exemplar_same_group: float = option(0.5, "share of exemplars showing the target's own group in another image "
                                              "(another style of the same emoji)")
-    exemplar_self: float = option(0.0, "share of (not recoloured) samples with an exemplar whose first exemplar is "
+    exemplar_self: float = option(0.2, "share of (not recoloured) samples with an exemplar whose first exemplar is "
                                        "the target image itself (at generation, a prompt's nearest caption is often "
-                                       "the very picture wanted)")
+                                       "the very picture wanted, as an uploaded pair's own caption is; without "
+                                       "any, a fine-tune unlearns redrawing it)")
     exemplar_variants: float = option(0.5, "share of the exemplars from other groups, and of D's hard negatives, "
                                            "taken from groups whose names differ in one word ('a red circle' -> "
                                            "'a blue circle'), where there are such")
