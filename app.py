@@ -288,8 +288,9 @@ with gr.Blocks(title="T2I Emoji GAN", analytics_enabled=False, delete_cache=(180
                                         info="Training stops when this time is up, or at the step count.")
                     share = gr.Checkbox(False, label="Share the finished model with everyone on this server")
                     with gr.Accordion("Advanced", open=False):
-                        steps = gr.Slider(1, 20000, value=1000, step=1, label="Steps", elem_id="steps",
-                                          info="Training updates; each sees one batch of pictures.")
+                        steps = gr.Slider(0, 20000, value=1000, step=1, label="Steps", elem_id="steps",
+                                          info="Training updates; each sees one batch of pictures. 0: your "
+                                               "pictures only join the bank, and their captions draw them at once.")
                         lr = gr.Number(2e-4, label="Learning rate", minimum=1e-6, maximum=0.01,
                                        info="How big each update is. Lower is slower but steadier.")
                         batch_size = gr.Slider(1, 64, value=32, step=1, label="Batch size", elem_id="batch-size",

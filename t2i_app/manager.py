@@ -58,8 +58,9 @@ def all_cores() -> int:
 def check_run_options(max_steps: int, minutes: float, lr: float, batch_size: int, fit: str = "crop") -> None:
     if fit not in ("crop", "pad"):
         raise ValueError(f"Fit must be 'pad' (white borders) or 'crop' (centre square), got {fit!r}.")
-    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or not 1 <= max_steps <= 1_000_000:
-        raise ValueError(f"Steps must be a whole number from 1 to 1,000,000, got {max_steps!r}.")
+    if isinstance(max_steps, bool) or not isinstance(max_steps, int) or not 0 <= max_steps <= 1_000_000:
+        raise ValueError(f"Steps must be a whole number from 0 (add the pictures only) to 1,000,000, "
+                         f"got {max_steps!r}.")
     if not 0 <= minutes <= 24 * 60:
         raise ValueError(f"The time budget must be 0 (none) to 1440 minutes, got {minutes!r}.")
     if not 0 < lr <= 0.1:
@@ -251,6 +252,9 @@ class RunManager:
         `fit`: how non-square pictures become square, "pad" (white borders) or "crop" (the centre square)."""
         check_owner(owner)
         check_run_options(max_steps, minutes, lr, batch_size, fit)
+        if max_steps == 0 and init == SCRATCH_KEY:
+            raise ValueError("0 steps only adds your pictures to a model's exemplar bank: start from the shipped model "
+                             "or one of yours, or give it steps to train.")
         cap = self.server_limits.max_run_minutes
         minutes = float(minutes) or cap
         if minutes > cap:
@@ -285,8 +289,8 @@ class RunManager:
             except OSError:
                 shutil.rmtree(run_dir, ignore_errors=True)
                 raise
-            if client:
-                self.train_quota.charge(client, minutes)
+            if client:  # a run of 0 steps (the pictures join the bank) takes seconds
+                self.train_quota.charge(client, minutes if max_steps else min(minutes, 1.0))
             return launched
 
     def busy_message(self, running: RunInfo, owner: str) -> str:

@@ -165,6 +165,8 @@ In the *Fine-tune* tab, upload a .zip of your pictures with a caption each (a `.
 `metadata.jsonl`). The report says what will be used and how non-square pictures are fitted. Start from the shipped
 model, give it 10-30 minutes, and watch the sample grid: each tile is one of your captions. The result joins the
 *Model* list and downloads as a .zip that `python -m t2i_core generate --model your-model.zip` takes as it is.
+Your pictures join the model's exemplar bank: with *Steps* 0 (under *Advanced*) there is no training, and in
+seconds each of your captions draws on its own picture; training teaches captions you did not upload.
 
 ## Licences
 

@@ -181,3 +181,27 @@ def test_a_run_shows_a_captioned_grid_before_training_and_says_why_it_ended(tmp_
     assert first.size[0] % 128 == 0 and first.size[1] % (128 + 28) == 0  # 128 px tiles, each with a caption band
     band = first.crop((0, 130, 128, 156)).convert("L")
     assert band.getextrema()[0] < 128  # there is text under the first tile
+
+
+def test_zero_steps_puts_the_uploads_in_the_bank_and_their_captions_draw_on_them(tmp_path, tiny_exemplar_model_dir,
+                                                                                  monkeypatch):
+    """Steps 0 on the Fine-tune tab: no training, a model at once whose bank holds the upload, so each caption draws
+    on its own picture (a user's 250 logos: every caption then drew its own logo). From scratch it is refused."""
+    from t2i_core import T2IPipeline
+
+    monkeypatch.setenv("T2I_MODEL", str(tiny_exemplar_model_dir))  # "default" = a tiny model with a bank
+    manager = RunManager(tmp_path / "runs")
+    try:
+        with pytest.raises(ValueError, match="0 steps only adds your pictures"):
+            manager.start("alice", _upload(manager, tmp_path, "alice"), "none", max_steps=0)
+        info = manager.start("alice", _upload(manager, tmp_path, "alice"), "default", max_steps=0, batch_size=4)
+        final = manager.wait(120)
+    finally:
+        manager.shutdown(5)
+    assert final.id == info.id and final.status == FINISHED and final.usable
+    pipe = T2IPipeline.from_pretrained(final.model_dir)
+    assert sorted(pipe.bank.captions) == ["green square", "red square"]  # the upload's pairs, nothing else
+    out = pipe("green square", num_images=2, seed=0)
+    (caption, index), = out.exemplars[0]
+    assert caption == "green square"
+    assert pipe.exemplar_images([index])[0].getpixel((8, 8)) == (40, 225, 90)  # the uploaded picture itself
