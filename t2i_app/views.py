@@ -215,6 +215,7 @@ CSS = """
 #no-model-note {border: 1px solid var(--color-accent); border-radius: 8px; padding: 0.6em 1em;
                 background: var(--color-accent-soft)}
 #sample img {width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated}
+#exemplars .grid-container {grid-template-columns: repeat(8, minmax(0, 1fr)) !important}
 """
 
 
