@@ -184,7 +184,10 @@ def test_two_process_gloo_matches_single_process(shapes_dir, tmp_path):
                     f"--master_port={free_port()}", "-m", "t2i_core", "train", "--out", str(tmp_path / "two"), *args],
                    env=ENV, check=True, capture_output=True, timeout=240)
     one, two = weights(tmp_path / "one" / "checkpoint-4"), weights(tmp_path / "two" / "checkpoint-4")
-    assert max_diff(one, two) <= 1e-5
+    # Not bit-equal: on an AVX-512 CPU the kernels for a batch of 4 and of 8 sum in another order, and Adam turns
+    # that rounding into up to 3.3e-5 after 4 steps. A rank that skipped the gradient sync (trained on its half of
+    # the batch) differs by 2.2e-3; the tolerance sits 10x from both.
+    assert max_diff(one, two) <= 2e-4
     opts = json.loads((tmp_path / "two" / "training_options.json").read_text())
     assert opts["resolved"]["world_size"] == 2
 
