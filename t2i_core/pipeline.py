@@ -127,13 +127,14 @@ class T2IPipeline:
             raise ValueError(f"exemplars={exemplars}, but this model has no exemplar bank to draw on; pass exemplars=0")
         return exemplars
 
-    def retrieve(self, pooled: torch.Tensor, k: int, seeds: list[int] | None) -> tuple[torch.Tensor | None, list]:
-        """Sentence vectors (B, D) -> exemplar pixels (B, k, 3, R, R) and per image [(caption, index), ...]."""
+    def retrieve(self, pooled: torch.Tensor, k: int, seeds: list[int] | None) -> tuple[dict, list]:
+        """Sentence vectors (B, D) -> the generator's exemplar inputs (pixels (B, k, 3, R, R) and their captions'
+        vectors (B, k, D); empty for k 0) and per image [(caption, index), ...]."""
         if k == 0:
-            return None, [[] for _ in range(len(pooled))]
+            return {}, [[] for _ in range(len(pooled))]
         idx = self.bank.retrieve(pooled.float().cpu(), k, seeds)
         picked = [[(self.bank.captions[j], j) for j in row] for row in idx.tolist()]
-        return self.bank.pixels(idx).to(self.device, self.dtype), picked
+        return {key: v.to(self.device, self.dtype) for key, v in self.bank.inputs(idx).items()}, picked
 
     def exemplar_images(self, indices: list[int], size: int | None = None) -> list[Image.Image]:
         """Bank entries as PIL images (for showing what an image drew on)."""
@@ -202,22 +203,20 @@ class T2IPipeline:
             chunk = slice(start, start + batch_size)
             text = self.encode(all_prompts[chunk])
             z = noise_for_seeds(all_seeds[chunk], self.generator.config.z_dim).to(self.device, self.dtype)
-            pixels, picked = self.retrieve(text.pooled, n_exemplars, all_seeds[chunk] if truncation > 0 else None)
-            images.append(self._generate(z, text, truncation, guidance, pixels))
+            inputs, picked = self.retrieve(text.pooled, n_exemplars, all_seeds[chunk] if truncation > 0 else None)
+            images.append(self._generate(z, text, truncation, guidance, inputs))
             drawn_on += picked
         return T2IOutput(to_pil(torch.cat(images), size), all_seeds, all_prompts, drawn_on)
 
     def _generate(self, z: torch.Tensor, text: TextEmbedding, truncation: float, guidance: float,
-                  exemplars: torch.Tensor | dict | None = None) -> torch.Tensor:
-        """exemplars: pixels (B, K, 3, R, R), or their features from `Generator.encode_exemplars`, or None."""
+                  exemplars: dict | None = None) -> torch.Tensor:
+        """exemplars: the generator's exemplar inputs (`retrieve`'s, or exemplar_features from
+        `Generator.encode_exemplars`), or None."""
         null = self.null_embedding().pooled if guidance != 1.0 else None
         # inference_mode (cheaper than no_grad) only here: the text encoder's cached tensors must stay usable by
         # training code that shares the encoder.
         with torch.inference_mode():
-            if isinstance(exemplars, dict):
-                return self.generator(z, text.states, text.mask, text.pooled, truncation, guidance, null,
-                                      exemplar_features=exemplars)
-            return self.generator(z, text.states, text.mask, text.pooled, truncation, guidance, null, exemplars)
+            return self.generator(z, text.states, text.mask, text.pooled, truncation, guidance, null, **(exemplars or {}))
 
     @torch.no_grad()
     def interpolate(
@@ -250,12 +249,11 @@ class T2IPipeline:
         text = self.encode(keys)
         key_seeds = [(seed + i) % (MAX_SEED + 1) for i in range(len(keys))]
         z = noise_for_seeds(key_seeds, self.generator.config.z_dim).to(self.device, self.dtype)
-        pixels, _ = self.retrieve(text.pooled, k, key_seeds if truncation > 0 else None)
+        inputs, _ = self.retrieve(text.pooled, k, key_seeds if truncation > 0 else None)
         feats = None
-        if pixels is not None:
+        if inputs and self.generator.uses_exemplars:
             with torch.inference_mode():
-                mask = torch.ones(pixels.shape[:2], dtype=torch.bool, device=self.device)
-                feats = self.generator.encode_exemplars(pixels, mask)
+                feats = self.generator.encode_exemplars(inputs["exemplars"], None, text.pooled, inputs["exemplar_text"])
         out = []
         for j in range(frames):
             u = j / (frames - 1) * (len(keys) - 1)
@@ -270,6 +268,7 @@ class T2IPipeline:
                  torch.where(b.mask, math.log(t) if t > 0 else -math.inf, -math.inf)],
                 dim=1,
             ).to(self.dtype)
-            feats_t = None if feats is None else {r: torch.lerp(f[i : i + 1], f[i + 1 : i + 2], t) for r, f in feats.items()}
+            feats_t = None if feats is None else {
+                "exemplar_features": {r: torch.lerp(f[i : i + 1], f[i + 1 : i + 2], t) for r, f in feats.items()}}
             out.append(self._generate(z_t, TextEmbedding(states, bias, pooled), truncation, guidance, feats_t))
         return to_pil(torch.cat(out), size)

@@ -80,6 +80,44 @@ def test_a_full_resolution_exemplar_path_is_added_to_a_trained_one_and_joins_the
         raise AssertionError(f"{bad} was accepted")
 
 
+def test_a_generator_that_reads_its_exemplars_captions_keeps_an_exemplar_under_its_own_caption():
+    """The exemplars' caption vectors against the prompt's: the same caption shifts nothing (the picture drawn as it
+    is), another caption shifts the style ("a blue ghost" beside a white ghost). Added to a trained exemplar
+    generator it starts at zero, so it draws that generator's images until it learns."""
+    import pytest
+
+    gx = tiny_generator(exemplar_resolutions=(8, 16))
+    with torch.no_grad():
+        for conv in gx.exemplar_in.values():
+            conv.weight.normal_(0, 0.1)
+    gt = gx.with_exemplars((8, 16), text=True)
+    z, states, mask = torch.randn(3, 8), torch.randn(3, 5, 16), torch.ones(3, 5, dtype=torch.bool)
+    exemplars = torch.rand(3, 1, 3, 16, 16) * 2 - 1
+    captions = torch.nn.functional.normalize(torch.randn(3, 1, 16), dim=-1)
+    own, other = captions[:, 0] * 3.0, torch.randn(3, 16)  # a prompt's vector need not be unit length
+    ex = dict(exemplars=exemplars, exemplar_text=captions)
+    assert torch.allclose(gx(z, states, mask, other, exemplars=exemplars), gt(z, states, mask, other, **ex), atol=1e-6)
+    gt(z, states, mask, other, **ex).square().sum().backward()
+    assert gt.exemplar_text_in.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        gt.exemplar_text_in.weight.normal_(0, 0.1)
+    assert torch.allclose(gx(z, states, mask, own, exemplars=exemplars), gt(z, states, mask, own, **ex), atol=1e-5)
+    assert (gx(z, states, mask, other, exemplars=exemplars) - gt(z, states, mask, other, **ex)).abs().max() > 1e-3
+    # No exemplar present, no shift; and the mean image (truncation 0) gets the same shift as the samples.
+    none = torch.zeros(3, 1, dtype=torch.bool)
+    assert torch.allclose(gx(z, states, mask, other, exemplars=exemplars, exemplar_mask=none),
+                          gt(z, states, mask, other, exemplar_mask=none, **ex), atol=1e-6)
+    feats = gt.encode_exemplars(exemplars, None, other, captions)
+    assert torch.allclose(gt.synthesis(gt.mean_style(other), states, mask, feats),
+                          gt(z, states, mask, other, truncation=0.0, **ex), atol=1e-5)
+    with pytest.raises(ValueError, match="pass pooled and exemplar_text"):
+        gt(z, states, mask, other, exemplars=exemplars)
+    with pytest.raises(ValueError, match="cannot drop"):
+        gt.with_exemplars((8, 16), text=False)
+    with pytest.raises(ValueError, match="needs exemplar_resolutions"):
+        tiny_generator(exemplar_text=True)
+
+
 def test_bank_round_trip_shards_and_retrieval(tmp_path, monkeypatch):
     import t2i_core.models.bank as bank_module
 
@@ -228,15 +266,22 @@ def test_training_with_exemplars_resumes_and_ships_its_pairs_as_the_bank(tmp_pat
     first = train(TrainConfig(out=str(tmp_path / "zero"), max_steps=0, **tiny))
     pipe = T2IPipeline.from_pretrained(first)
     assert len(pipe.bank) == 24 and pipe("a red circle", seed=0).exemplars[0]
+    # From that model, the exemplars' captions are read too (--exemplar-text): unchanged images at first.
+    reads = dict(tiny, init=str(first), exemplar_text=True)
+    again = T2IPipeline.from_pretrained(train(TrainConfig(out=str(tmp_path / "zero_text"), max_steps=0, **reads)))
+    assert again.generator.config.exemplar_text
+    assert again("a red circle", seed=0).images[0].tobytes() == pipe("a red circle", seed=0).images[0].tobytes()
     # A few steps, interrupted and resumed, equal an uninterrupted run; the exemplar path learns.
-    full = train(TrainConfig(out=str(tmp_path / "a"), max_steps=4, **tiny))
-    train(TrainConfig(out=str(tmp_path / "b"), max_steps=2, **tiny))
-    train(TrainConfig(out=str(tmp_path / "b"), max_steps=4, resume=True, **tiny))
+    full = train(TrainConfig(out=str(tmp_path / "a"), max_steps=4, **reads))
+    train(TrainConfig(out=str(tmp_path / "b"), max_steps=2, **reads))
+    train(TrainConfig(out=str(tmp_path / "b"), max_steps=4, resume=True, **reads))
     a = load_file(list_checkpoints(tmp_path / "a")[-1] / "generator.safetensors")
     b = load_file(list_checkpoints(tmp_path / "b")[-1] / "generator.safetensors")
     assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
-    assert a["exemplar_in.8.weight"].abs().sum() > 0
-    assert T2IPipeline.from_pretrained(full).bank.captions == pipe.bank.captions
+    assert a["exemplar_in.8.weight"].abs().sum() > 0 and a["exemplar_text_in.weight"].abs().sum() > 0
+    trained = T2IPipeline.from_pretrained(full)
+    assert trained.bank.captions == pipe.bank.captions and trained("a red circle", seed=0).exemplars[0]
+    assert len(trained.interpolate(["a red circle", "a blue square"], frames=3)) == 3
 
 
 def test_black_and_white_drawings_are_never_recoloured():
@@ -341,6 +386,10 @@ def test_a_style_less_caption_learns_the_pixels_of_its_own_picture_drawn_beside_
         b = draw_batch(data, cfg, step, z_dim=4, resolution=16)
         own.append((b.g_inputs["exemplars"][:, 0] == b.real).flatten(1).all(1) & b.g_inputs["exemplar_mask"][:, 0])
         paired.append(b.paired)
+        # Each exemplar comes with its own caption's vector, as the bank holds it.
+        shown = (b.g_inputs["exemplars"][:, 0, None] == data.images.float() / 127.5 - 1).flatten(2).all(2).float().argmax(1)
+        bank = data.bank()
+        assert torch.allclose(b.g_inputs["exemplar_text"][:, 0], bank.vectors[shown].float(), atol=1e-3)
     own, paired = torch.cat(own), torch.cat(paired)
     assert 0 < own.sum() < len(own) and torch.equal(paired, own)
 

@@ -209,6 +209,10 @@ class ExemplarBank:
         """Bank indices (B, K) -> exemplars (B, K, 3, R, R) float in [-1, 1]."""
         return self.images[indices].float() / 127.5 - 1
 
+    def inputs(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Bank indices (B, K) -> the generator's keyword inputs: the exemplars' pixels and their captions' vectors."""
+        return {"exemplars": self.pixels(indices), "exemplar_text": self.vectors[indices].float()}
+
     # Saving and loading.
 
     def save(self, folder: str | os.PathLike) -> Path:

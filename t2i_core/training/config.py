@@ -75,6 +75,8 @@ class TrainConfig:
     exemplar_resolutions: tuple[int, ...] = option((), "resolutions at which the generator takes in retrieved "
                                                         "exemplars, e.g. 8 16 32 64; a loaded model gains those "
                                                         "it lacks (empty: a model's own setting)")
+    exemplar_text: bool = option(False, "the generator also reads its exemplars' captions (what the prompt asks "
+                                        "beyond them shifts its style); a loaded model gains it, zero-initialised")
     exemplar_init: str = option("zero", "a loaded model's new exemplar injections: 'zero' (its images unchanged at "
                                         "first) or 'random' (on from the first step)")
     exemplar_lr_mult: float = option(1.0, "learning rate of the exemplar path as a multiple of --lr-g (it also "

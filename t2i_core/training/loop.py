@@ -40,7 +40,8 @@ def build_models(cfg: TrainConfig, text_dim: int, pooled_dim: int) -> tuple[Gene
         widths = tuple(max(16, 256 >> i) for i in range(int(math.log2(cfg.resolution)) - 1))
         torch.manual_seed(cfg.seed)
         g = Generator(resolution=cfg.resolution, text_dim=text_dim, pooled_dim=pooled_dim,
-                      channels=cfg.g_channels or widths, exemplar_resolutions=cfg.exemplar_resolutions)
+                      channels=cfg.g_channels or widths, exemplar_resolutions=cfg.exemplar_resolutions,
+                      exemplar_text=cfg.exemplar_text)
         d = Discriminator(resolution=cfg.resolution, pooled_dim=pooled_dim, channels=cfg.d_channels or widths[::-1])
         return g, d, cfg.text_encoder
     path = init_path(cfg)
@@ -57,8 +58,9 @@ def build_models(cfg: TrainConfig, text_dim: int, pooled_dim: int) -> tuple[Gene
         torch.manual_seed(cfg.seed)
         d = Discriminator(resolution=g.config.resolution, pooled_dim=g.config.pooled_dim)
     have = set(g.config.exemplar_resolutions)
-    if set(cfg.exemplar_resolutions) - have:
-        g = g.with_exemplars(tuple(sorted(have | set(cfg.exemplar_resolutions))), seed=cfg.seed)
+    if set(cfg.exemplar_resolutions) - have or (cfg.exemplar_text and not g.config.exemplar_text):
+        g = g.with_exemplars(tuple(sorted(have | set(cfg.exemplar_resolutions))), seed=cfg.seed,
+                             text=bool(g.config.exemplar_text or cfg.exemplar_text))
         if cfg.exemplar_init == "random":
             torch.manual_seed(cfg.seed)
             for r, conv in g.exemplar_in.items():
@@ -129,9 +131,10 @@ class Trainer:
         self.sample_prompts = prompts  # the same captions in every grid of the run, so progress shows
         self.sample_text = self.text_encoder(prompts).to(self.device)
         self.sample_z = torch.randn(len(prompts), self.g.config.z_dim, generator=torch.Generator().manual_seed(cfg.seed + 7))
-        self.sample_exemplars = None
+        self.sample_exemplars = {}
         if self.bank is not None:
-            self.sample_exemplars = self.bank.pixels(self.bank.retrieve(self.sample_text.pooled.cpu(), 1)).to(self.device)
+            picked = self.bank.inputs(self.bank.retrieve(self.sample_text.pooled.cpu(), 1))
+            self.sample_exemplars = {k: v.to(self.device) for k, v in picked.items()}
 
     def _build_bank(self) -> ExemplarBank:
         """The bank the trained model draws on: the training pairs, after the initial model's bank if asked."""
@@ -229,7 +232,7 @@ class Trainer:
     @torch.no_grad()
     def save_samples(self) -> str:
         t = self.sample_text
-        images = self.g_ema(self.sample_z.to(self.device), t.states, t.mask, t.pooled, exemplars=self.sample_exemplars)
+        images = self.g_ema(self.sample_z.to(self.device), t.states, t.mask, t.pooled, **self.sample_exemplars)
         path = self.run_dir / "samples" / f"step-{self.state.step:07d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         captioned_grid(to_pil(images), self.sample_prompts).save(path)

@@ -95,7 +95,8 @@ class GANLoss:
         with self.autocast():
             if "exemplars" in b.g_inputs:
                 # Encode the exemplars once: the samples and the mean images below draw on the same features.
-                feats = self.g.encode_exemplars(b.g_inputs["exemplars"], b.g_inputs["exemplar_mask"])
+                feats = self.g.encode_exemplars(b.g_inputs["exemplars"], b.g_inputs["exemplar_mask"], b.text.pooled,
+                                                b.g_inputs.get("exemplar_text"))
                 b = replace(b, g_inputs={"exemplar_features": feats})
             fake = self.generate(z, b)
             loss = g_hinge_loss(self.d(diff_augment(fake.float(), b.aug[2]), b.text.pooled).float())

@@ -205,7 +205,9 @@ def apply_picks(batch: Batch, data: PairData, picks: ExemplarPicks, idx: torch.T
     local = torch.arange(len(idx))[part]
     ex = picks.exemplars[part]
     g_inputs = {"exemplars": (data.images[ex.clamp(min=0)].to(device).float() / 127.5 - 1),  # (b, K, 3, R, R)
-                "exemplar_mask": (ex >= 0).to(device)}
+                "exemplar_mask": (ex >= 0).to(device),
+                # their captions' sentence vectors, as the bank holds them (each picture under its own caption)
+                "exemplar_text": F.normalize(data.text.pooled[data.caption_ids[ex.clamp(min=0)]].float(), dim=-1).to(device)}
     rows = [i for i, j in enumerate(local.tolist()) if picks.recolour[j]]
     if not rows:
         return replace(batch, g_inputs=g_inputs)
