@@ -79,19 +79,36 @@ def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
     return v[:, None] - v[:, None] * s[:, None] * (torch.minimum(k, 4 - k).clamp(0, 1))
 
 
-def recolor(images: torch.Tensor, hues_deg: torch.Tensor) -> torch.Tensor:
+def recolor(images: torch.Tensor, hues_deg: torch.Tensor, grey: torch.Tensor | None = None) -> torch.Tensor:
     """Images (B, 3, H, W) in [-1, 1] -> the same with every saturated pixel turned to hue (B,) degrees.
 
     Saturation and value are kept, so shading and outlines survive; near-grey pixels (outlines, white
     background, eyes) keep their colour. Saturation is raised a little where it was weak, so that a pale
-    yellow face turned blue reads as blue.
+    yellow face turned blue reads as blue. Images flagged `grey` (B,) bool (a grey elephant: no saturated
+    pixels to turn) are tinted instead: their mid-grey pixels take the hue too; black and white stay.
     """
     hsv = rgb_to_hsv((images.float() + 1) / 2)
     h, s, v = hsv.unbind(1)
     colourful = (s > 0.25) & (v > 0.15)
+    if grey is not None:
+        colourful = colourful | (grey.to(colourful.device)[:, None, None] & mid_grey(s, v))
     h = torch.where(colourful, (hues_deg / 360.0)[:, None, None].to(h), h)
     s = torch.where(colourful, s.clamp(min=0.55), s)
     return hsv_to_rgb(torch.stack([h, s, v], 1)) * 2 - 1
+
+
+def mid_grey(s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Pixels of a grey drawing's body: unsaturated, neither outline black nor background white."""
+    return (s <= 0.25) & (v > 0.2) & (v < 0.9)
+
+
+def grey_share(images: torch.Tensor, batch: int = 1024) -> torch.Tensor:
+    """uint8 images (N, 3, H, W) -> (N,) the share of mid-grey pixels (what `recolor` tints in a grey image)."""
+    out = []
+    for start in range(0, len(images), batch):
+        hsv = rgb_to_hsv(images[start : start + batch].float() / 255)
+        out.append(mid_grey(hsv[:, 1], hsv[:, 2]).float().mean(dim=(1, 2)))
+    return torch.cat(out) if out else torch.zeros(0)
 
 
 def saturated_share(images: torch.Tensor, batch: int = 1024) -> torch.Tensor:

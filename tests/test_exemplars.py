@@ -304,6 +304,39 @@ def test_black_and_white_drawings_are_never_recoloured():
     assert not picks.recolour[idx < 2].any() and picks.recolour[idx >= 2].float().mean() > 0.3
 
 
+def test_recolour_grey_tints_a_grey_drawing_and_still_leaves_black_and_white_ones(text_encoder):
+    """A grey elephant has no saturated pixels to turn, so "a yellow elephant" was never trained on and a model that
+    reads its exemplar's caption kept the grey. With --recolour-grey such drawings are tinted (their mid-grey takes
+    the hue; outline black and background white stay); black-and-white line drawings are still never recoloured."""
+    from PIL import Image
+
+    from t2i_core.data.loading import Pair
+    from t2i_core.images import rgb_to_hsv
+    from t2i_core.training.config import TrainConfig
+    from t2i_core.training.pairs import PairData, draw_batch
+
+    def drawing(body):
+        img = Image.new("RGB", (16, 16), (255, 255, 255))
+        img.paste((0, 0, 0), (3, 3, 13, 13))
+        img.paste(body, (4, 4, 12, 12))
+        return img
+
+    pairs = [Pair(drawing((128, 128, 128)), "elephant, google style", "0.png"),
+             Pair(drawing((255, 255, 255)), "cat face, contrast style", "1.png"),
+             Pair(drawing((220, 30, 30)), "apple, google style", "2.png")]
+    for tint, want in ((False, [False, False, True]), (True, [True, False, True])):
+        data = PairData.build(pairs, text_encoder).use_exemplars(tint_grey=tint)
+        assert data.sampler.colourful.tolist() == want and data.grey.tolist() == [tint, False, False]
+        cfg = TrainConfig(batch_size=6, recolour_prob=1.0, caption_dropout=0.0, recolour_grey=tint)
+        for step in range(4):
+            b = draw_batch(data, cfg, step, z_dim=4, resolution=16)
+            original = data.images[data.batch_indices(step, 6, cfg.seed)].float() / 127.5 - 1
+            for real, orig, ok in zip(b.real, original, torch.tensor(want)[data.batch_indices(step, 6, cfg.seed)]):
+                hsv = rgb_to_hsv((real[None] + 1) / 2)[0]
+                assert torch.allclose(real[:, 0, 0], orig[:, 0, 0]) and torch.allclose(real[:, 3, 3], orig[:, 3, 3])
+                assert bool(hsv[1, 8, 8] > 0.5) == bool(ok)  # the body is coloured exactly when it could be
+
+
 def test_a_seed_picks_the_same_entry_whatever_order_ties_come_in():
     # Four entries of one group tie exactly on the group's name; the order topk returns ties in (or last-bit noise
     # in the query, such as fp16 text-encoder weights give) must not change which one a seed draws.

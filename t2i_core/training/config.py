@@ -94,6 +94,8 @@ class TrainConfig:
     exemplar_slots: int = option(2, "exemplars per sample at most")
     exemplar_second_prob: float = option(0.3, "chance that a sample with an exemplar gets a second one")
     recolour_prob: float = option(0.3, "share of samples turned to a named colour, the caption saying which")
+    recolour_grey: bool = option(False, "grey drawings (a grey elephant) are recoloured too, by tinting their grey "
+                                        "(else only pictures with saturated colours are)")
     bank_keeps_init: bool = option(False, "the trained model's exemplar bank also keeps the initial model's "
                                           "bank (else it holds the training pairs only)")
     hard_negative_prob: float = option(0.5, "share of D's mismatched captions taken from the nearest other groups")

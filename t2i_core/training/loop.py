@@ -121,7 +121,7 @@ class Trainer:
         self.data.text = self.data.text.to(self.device)
         self.bank = None
         if self.g.uses_exemplars:
-            self.data.use_exemplars()
+            self.data.use_exemplars(tint_grey=cfg.recolour_grey)
             self.bank = self._build_bank()
         self.state = TrainState()
         self.rollbacks_in_row = 0  # rollbacks since the last checkpoint written (not saved: a restart starts at 0)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..data.loading import images_to_tensor
-from ..images import saturated_share
+from ..images import grey_share, saturated_share
 from ..text import TextEmbedding
 from ..models.bank import ExemplarBank
 from .augment import AugmentParams
@@ -18,6 +18,9 @@ from .exemplars import COLOURS, ExemplarPicks, ExemplarSampler, recolor, recolou
 
 # Images with fewer saturated pixels than this are never recoloured (`ExemplarSampler`'s colourful).
 MIN_COLOURFUL = 0.03
+# With --recolour-grey, an image with fewer saturated pixels but at least this share of mid-grey ones (a grey elephant)
+# is tinted instead.
+MIN_GREY = 0.1
 
 
 class PairData:
@@ -38,9 +41,11 @@ class PairData:
                                                            return_inverse=True)
         self.group_names = [captions[int(i)] for i in self.group_name_ids]
         self.sampler: ExemplarSampler | None = None  # set by `use_exemplars`
+        self.grey = torch.zeros(len(images), dtype=torch.bool)  # images recolouring tints (see `use_exemplars`)
 
-    def use_exemplars(self) -> "PairData":
-        """Prepare exemplar picks (a generator that draws on exemplars trains with them)."""
+    def use_exemplars(self, tint_grey: bool = False) -> "PairData":
+        """Prepare exemplar picks (a generator that draws on exemplars trains with them). tint_grey: grey drawings
+        (few saturated pixels, many mid-grey ones) are recoloured too, by tinting their grey."""
         # An image's style: its caption without its group's name ("google style" in "red apple, google style").
         styles = []
         for cap, group in zip(self.caption_ids.tolist(), self.group_ids.tolist()):
@@ -48,8 +53,11 @@ class PairData:
             styles.append(caption[len(name):].lstrip(", ") if caption.startswith(name) else "")
         index = {style: i for i, style in enumerate(sorted(set(styles)))}
         style_ids = torch.tensor([index[style] for style in styles])
+        colourful = saturated_share(self.images) >= MIN_COLOURFUL
+        if tint_grey:
+            self.grey = ~colourful & (grey_share(self.images) >= MIN_GREY)
         self.sampler = ExemplarSampler(self.group_ids, self.group_names, self.text.pooled[self.group_name_ids].cpu(),
-                                       style_ids=style_ids, colourful=saturated_share(self.images) >= MIN_COLOURFUL)
+                                       style_ids=style_ids, colourful=colourful | self.grey)
         return self
 
     def bank(self) -> ExemplarBank:
@@ -213,7 +221,8 @@ def apply_picks(batch: Batch, data: PairData, picks: ExemplarPicks, idx: torch.T
         return replace(batch, g_inputs=g_inputs)
     colours = [picks.colours[int(local[i])] for i in rows]
     real = batch.real.clone()
-    real[rows] = recolor(real[rows], torch.tensor([COLOURS[c] for c in colours])).to(real.dtype)
+    grey = data.grey[idx[local[rows]]]
+    real[rows] = recolor(real[rows], torch.tensor([COLOURS[c] for c in colours]), grey).to(real.dtype)
     names = list(COLOURS)
     captions, mismatches = [], []
     for i, colour in zip(rows, colours):
