@@ -255,14 +255,14 @@ def table_rows(out: str) -> dict[str, list[str]]:
     """The main table's rows (it ends at the "chance R@1" line; the copy and compositional blocks follow it)."""
     table = out.split("chance R@1", 1)[0]
     return {line.split()[0]: line.split()[1:] for line in table.splitlines()
-            if line.split() and line.split()[0] in ("generated", "real", "retrieval", "random")}
+            if line.split() and line.split()[0] in ("generated", "real", "retrieval", "random", "recoloured")}
 
 
 def block_rows(out: str, title: str) -> dict[str, list[str]]:
     """The rows of the block under the main table that starts with `title` (e.g. "copy check:")."""
     block = out.split("\n" + title, 1)[1].split("\nnote:", 1)[0].split("\ncompositional:", 1)[0]
     return {line.split()[0]: line.split()[1:] for line in block.splitlines()[1:]
-            if line.split() and line.split()[0] in ("generated", "real", "retrieval", "random")}
+            if line.split() and line.split()[0] in ("generated", "real", "retrieval", "random", "recoloured")}
 
 
 def test_eval_command_on_a_corpus(shapes_corpus, tiny_model_dir, tiny_scorer_dir, tmp_path, capsys):
@@ -499,6 +499,21 @@ def test_dominant_colour_names_the_hue_of_saturated_pixels():
     assert len(shipped) == 48 and all({"prompt", "object", "colour"} <= set(r) for r in shipped)
 
 
+def test_the_recoloured_reference_turns_coloured_pictures_to_the_asked_colour_and_keeps_grey_ones():
+    from t2i_core.evaluation.compositional import dominant_colour, recoloured
+
+    red, grey = (np.full((16, 16, 3), 255, dtype=np.uint8) for _ in range(2))
+    red[4:12, 4:12] = (220, 30, 30)
+    grey[4:12, 4:12] = (100, 100, 100)
+    images = torch.from_numpy(np.stack([red, red, grey])).permute(0, 3, 1, 2)
+    rows = [{"prompt": "a blue apple", "colour": "blue"}, {"prompt": "a green apple", "colour": "green"}]
+    seen = []
+    out, feats = recoloured(images[[0, 1, 2, 2]], rows, 2, lambda scorer, x: seen.append((scorer, x)) or x[:, 0], "S")
+    assert out.dtype == torch.uint8 and out.shape == (4, 3, 16, 16) and seen[0][0] == "S" and seen[0][1] is out
+    assert [dominant_colour(im.permute(1, 2, 0).numpy()) for im in out] == ["blue", "blue", None, None]
+    assert torch.equal(out[2:], images[[2, 2]]) and torch.equal(out[:, :, 0], images[[0, 1, 2, 2], :, 0])  # white kept
+
+
 def test_eval_command_prints_the_compositional_checks(shapes_corpus, tiny_model_dir, tiny_scorer_dir, tmp_path,
                                                       capsys):
     rows = [{"id": "c0", "prompt": "a green circle", "object": "circle", "colour": "green"},
@@ -510,12 +525,16 @@ def test_eval_command_prints_the_compositional_checks(shapes_corpus, tiny_model_
                     "--scorer", str(tiny_scorer_dir), "--samples", "2", "--json", str(tmp_path / "r.json")], capsys)
     report = json.loads((tmp_path / "r.json").read_text())
     figures = report["compositional"]
-    assert set(figures) == {"generated", "retrieval"} and set(block_rows(out, "compositional:")) == set(figures)
+    assert set(figures) == {"generated", "retrieval", "recoloured"}
+    assert set(block_rows(out, "compositional:")) == set(figures)
     for row in figures.values():
         assert row["images"] == 6 and len(row["per_prompt"]) == 3
         assert 0 <= row["both"] <= min(row["colour"], row["object"]) <= 1
     # The corpus has green circles, red triangles and blue squares (flat and outline): retrieval finds them.
     assert figures["retrieval"]["colour"] >= 0.5
+    # The reference row is those pictures turned to the asked colours: the filled shapes take them, the outlines keep
+    # their black (6 images, one of each shape kind; at least every filled one of them has the colour).
+    assert figures["recoloured"]["colour"] >= figures["retrieval"]["colour"]
     # Objects ranked among the corpus's names that do not contain them (12 names, 4 of each shape: 8 others + 1).
     assert report["compositional_candidates"] == "12"
     assert set(report["copies"]) == {"generated", "retrieval"}  # no real row with prompts

@@ -8,6 +8,10 @@ that composes a colour with an object from one that looks up its training images
            from the corpus (default 99): the object is still that object.
   both     both at once.
 
+Beside the generated and retrieval rows, the `recoloured` row is the retrieval row's pictures turned to the asked
+colour by `recolor`, the way training makes its recoloured targets: what copying the nearest picture and recolouring
+it would score. It is a reference for what the scorer recognises once an emoji is recoloured, not a goal.
+
 `python -m t2i_core eval --prompts bench/prompts_compositional.jsonl` prints these beside its table whenever every line
 of the prompts file has "colour" and "object" (`read_compositional`); bench/compositional.py is a thin wrapper.
 """
@@ -19,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from ..images import COLOURS, recolor
 
 # Hue bins in degrees, [start, end); red wraps around 0. Cyan (170..190) belongs to no asked colour. Emoji yellows
 # are warm (a banana is ~40 degrees), hence the low yellow bound.
@@ -120,6 +126,15 @@ def score(scorer, images: torch.Tensor, feats: torch.Tensor, rows: list[dict], s
                            for i, r in enumerate(rows)]}
 
 
+def recoloured(images: torch.Tensor, rows: list[dict], samples: int, features, scorer) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images (P * samples, 3, R, R), prompt-major -> the same with their saturated pixels turned to each
+    row's colour (grey and black-and-white pictures keep their pixels, as in training), and their scorer features
+    (`features(scorer, images)`)."""
+    hues = torch.tensor([COLOURS[r["colour"]] for r in rows for _ in range(samples)])
+    out = ((recolor(images.float() / 127.5 - 1, hues) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return out, features(scorer, out)
+
+
 def candidates(names: list[str], num: int) -> str:
     """How many names each object is ranked among, in words."""
     return str(min(num, max(len(names) - 1, 0)) + 1) if names else "the set's other objects and itself"
@@ -129,6 +144,7 @@ def format_compositional(figures: dict, candidates: str) -> list[str]:
     """The compositional figures ({row: score(...)}) as lines of text under the main table."""
     lines = ["compositional: colour = the dominant hue of the saturated pixels is the asked colour;",
              f"  object = the scorer ranks the object's name first among {candidates} names; both = both at once",
+             "  the recoloured row (a reference): the retrieval row's pictures turned to the asked colour as training does",
              f"  {'row':<10} {'colour':>7} {'object':>7} {'both':>7}"]
     lines += [f"  {name:<10} {f['colour']:>7.3f} {f['object']:>7.3f} {f['both']:>7.3f}" for name, f in figures.items()]
     return lines

@@ -277,8 +277,8 @@ def evaluate(pipe, scorer, eval_set: EvalSet, train: TrainingImages | None, samp
 
 def _extra_checks(report: dict, scorer, rows: dict, feats: dict, train: TrainingImages | None,
                   compositional: list[dict] | None, names: list[str] | None, num: int, seed: int, log) -> None:
-    """Add the copy check ("copies", with a training split) and the compositional figures ("compositional", when
-    its rows are given) to the report, and the generated row's R@1 against retrieval's and its exemplars' (paired)."""
+    """Add the copy check ("copies", with a training split), the compositional figures ("compositional", when its rows
+    are given; see `compositional`) and the generated row's R@1 against retrieval's and its exemplars' (paired)."""
     per_caption = report["per_caption_r_precision"]
     for name in ("retrieval", "exemplars"):
         if name in per_caption:
@@ -297,8 +297,11 @@ def _extra_checks(report: dict, scorer, rows: dict, feats: dict, train: Training
         if any(w is None for w in wanted):
             raise ValueError("compositional rows must name every prompt evaluated")
         samples, names = report["samples"], names or []
-        report["compositional"] = {n: comp.score(scorer, rows[n].images, feats[n], wanted, samples, names, num, seed)
-                                   for n in ("generated", "retrieval") if n in rows}
+        scored = {n: (rows[n].images, feats[n]) for n in ("generated", "retrieval") if n in rows}
+        if "retrieval" in rows:  # a reference: the retrieval row's pictures turned to the asked colours
+            scored["recoloured"] = comp.recoloured(rows["retrieval"].images, wanted, samples, image_features, scorer)
+        report["compositional"] = {n: comp.score(scorer, im, f, wanted, samples, names, num, seed)
+                                   for n, (im, f) in scored.items()}
         report["compositional_candidates"] = comp.candidates(names, num)
 
 
@@ -363,9 +366,7 @@ def format_report(report: dict) -> str:
     """The report as a plain table: one line per row, one column per figure ("n/a" where not defined)."""
     header = ("row", "images", f"R@1 ({report['candidates']})", "alignment", "FD", "diversity", "pixel div")
     lines = [header]
-    for name in ROWS:
-        if name not in report["rows"]:
-            continue
+    for name in (n for n in ROWS if n in report["rows"]):
         f = report["rows"][name]
         lines.append((name, str(f["images"]), _fmt(f["r_precision"], 3), _fmt(f["alignment"], 2),
                       _fmt(f["frechet_distance"], 4), _fmt(f["diversity"], 4), _fmt(f["pixel_diversity"], 4)))
