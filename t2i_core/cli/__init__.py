@@ -1,9 +1,9 @@
 """Command line: `python -m t2i_core <command>` (or the `t2i` console script).
 
-Commands: generate, animate, train, eval, data emoji. Exit status 0 on success; on bad input, exit status 2 and one
+Commands: generate, animate, train, eval, merge, data emoji. Exit status 0 on success; on bad input, exit status 2 and one
 line on stderr that says what was wrong (no traceback). Warnings print as one `warning: ...` line each.
 
-train, eval and data emoji live in their own modules, imported only when that command runs, so the other
+train, eval, merge and data emoji live in their own modules, imported only when that command runs, so the other
 commands (and `--help`) work whatever those modules need.
 """
 
@@ -164,6 +164,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                    "train or fine-tune a model (see train --help)", command == "train")
     _add_delegated(sub, "eval", "t2i_core.cli.evaluate", "add_eval_arguments", "run_eval_command",
                    "measure a model's quality on a data folder", command == "eval")
+    _add_delegated(sub, "merge", "t2i_core.cli.merge", "add_merge_arguments", "run_merge_command",
+                   "a weighted average of two model folders of one family", command == "merge")
 
     data = sub.add_parser("data", help="build training corpora", description="Build training corpora offline.")
     data_sub = data.add_subparsers(dest="corpus", metavar="CORPUS", required=True)
