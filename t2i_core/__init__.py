@@ -15,6 +15,7 @@ _EXPORTS = {
     "T2IOutput": ".pipeline",
     "T2IPipeline": ".pipeline",
     "save_model_folder": ".pipeline",
+    "merge_models": ".models.merge",
     "TextEmbedding": ".text",
     "TextEncoder": ".text",
 }

@@ -27,7 +27,7 @@ def two_models(tmp_path_factory, text_encoder):
 
 
 def test_a_merge_is_the_weighted_average_of_both_models_weights(two_models, tmp_path):
-    from t2i_core.models.merge import merge_models
+    from t2i_core import merge_models  # a public name
 
     a, b = two_models
     wa, wb = _weights(a), _weights(b)
