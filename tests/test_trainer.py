@@ -275,16 +275,19 @@ SHAPES_RECIPE = dict(init="none", resolution=32, g_channels=(64, 32, 16, 16), d_
                      ema_halflife_images=500, batch_size=32, sample_every=10_000, checkpoint_every=10_000, seed=0)
 
 
-@pytest.mark.timeout(150)
+@pytest.mark.timeout(240)
 def test_tiny_shapes_run_learns_colour_and_shape(tmp_path):
     train_dir = shapes.make_shapes_dataset(tmp_path / "train", n=600, resolution=32, relations=False)
     test_dir = shapes.make_shapes_dataset(tmp_path / "test", n=36, resolution=32, split="test")
-    # One torch thread whatever earlier tests left set: the thread count picks other kernels, and this 200-step run's
+    # One torch thread whatever earlier tests left set: the thread count picks other kernels, and a 200-step run's
     # shape score fell to 0.31 in a full CI run on a 2-core AVX2 machine, yet passed there alone with one thread.
+    # 300 steps: at 200 the shape is only just learnt, and CPUs' kernels decide on which side of it a run lands (an
+    # Intel Xeon without AVX-512, alone with one thread: shape 0.36 at 200 steps, 0.83 at 300; training seed 1: 0.81
+    # at 200).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        model = train(TrainConfig(data=str(train_dir), out=str(tmp_path / "run"), max_steps=200, **SHAPES_RECIPE))
+        model = train(TrainConfig(data=str(train_dir), out=str(tmp_path / "run"), max_steps=300, **SHAPES_RECIPE))
     finally:
         torch.set_num_threads(threads)
     captions = [json.loads(line)["text"] for line in (test_dir / "metadata.jsonl").read_text().splitlines()]
