@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 MAX_SHARD_BYTES = 9_500_000  # under the Hub's 10 MB limit for files outside LFS
+EXACT = 0.99  # a prompt this close to a caption or name asks for that very picture
 GROUPS_FILE = "groups.safetensors"  # fp16 sentence vectors of the group names (G, D), when the bank has them
 
 
@@ -123,7 +124,10 @@ class ExemplarBank:
         drawn. The near ties are:
         - with group vectors, the entries within `ties` (default 0.05) of the best, of the two best groups among
           them: "grinning face" matches the name of every style's entry equally and draws the face in its different
-          styles; "grinning face, google style" ranks the google entry first, so seed 0 draws it;
+          styles; "grinning face, google style" ranks the google entry first, so seed 0 draws it. When one entry
+          alone is within `ties` and the query is not its caption or name (cosine < EXACT: the bank lacks what the
+          query names), its group's other entries join it ("dog face, fluent style" draws "dog, fluent style", then
+          "dog, fluent modern style"), so the images of one call vary in style as nearest-caption retrieval's do;
         - without, all entries of the two best groups that have one within `ties` (default 0.02) of the best.
         """
         if ties is None:
@@ -164,6 +168,8 @@ class ExemplarBank:
         diversity (docs/BENCHMARKS.md, session 14)."""
         if self.group_vectors is not None:
             near = [j for j, s in zip(order, sims) if s >= sims[0] - ties]
+            if len(near) == 1 and sims[0] < EXACT:  # no close match: its kind's other pictures are as good a guess
+                near += [j for j in order[1:] if self.groups[j] == self.groups[near[0]]]
         else:
             best = {self.groups[j] for j, s in zip(order, sims) if s >= sims[0] - ties}
             near = [j for j in order if self.groups[j] in best]
