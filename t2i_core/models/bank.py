@@ -126,8 +126,9 @@ class ExemplarBank:
           them: "grinning face" matches the name of every style's entry equally and draws the face in its different
           styles; "grinning face, google style" ranks the google entry first, so seed 0 draws it. When one entry
           alone is within `ties` and the query is not its caption or name (cosine < EXACT: the bank lacks what the
-          query names), its group's other entries join it ("dog face, fluent style" draws "dog, fluent style", then
-          "dog, fluent modern style"), so the images of one call vary in style as nearest-caption retrieval's do;
+          query names), its group's next-best entry joins it: "dog face, fluent style" draws "dog, fluent style"
+          and "dog, fluent modern style" in turn, as nearest-caption retrieval's two best would be, where one
+          picture at every seed made the images of one call alike; further styles would stray from the one named;
         - without, all entries of the two best groups that have one within `ties` (default 0.02) of the best.
         """
         if ties is None:
@@ -168,8 +169,8 @@ class ExemplarBank:
         diversity (docs/BENCHMARKS.md, session 14)."""
         if self.group_vectors is not None:
             near = [j for j, s in zip(order, sims) if s >= sims[0] - ties]
-            if len(near) == 1 and sims[0] < EXACT:  # no close match: its kind's other pictures are as good a guess
-                near += [j for j in order[1:] if self.groups[j] == self.groups[near[0]]]
+            if len(near) == 1 and sims[0] < EXACT:  # no close match: its kind's next picture is as good a guess
+                near += [j for j in order[1:] if self.groups[j] == self.groups[near[0]]][:1]
         else:
             best = {self.groups[j] for j, s in zip(order, sims) if s >= sims[0] - ties}
             near = [j for j in order if self.groups[j] in best]
