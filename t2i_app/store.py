@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 import uuid
 import zipfile
@@ -147,6 +148,7 @@ class RunStore:
 
     def __init__(self, runs_dir: Path):
         self.runs_dir = runs_dir
+        self._zip_lock = threading.Lock()  # one export at a time: the page's timer can ask twice before it is done
 
     def load(self, run_dir: Path) -> RunInfo | None:
         try:
@@ -203,19 +205,20 @@ class RunStore:
         info = self.get(run_id)
         stem = re.sub(r"[^A-Za-z0-9_-]+", "-", info.name).strip("-")[:40] or "model"
         cached = info.path / "model.zip"
-        if not cached.is_file() or cached.stat().st_mtime < (path / "model_index.json").stat().st_mtime:
-            export = info.path / ".export"
-            shutil.rmtree(export, ignore_errors=True)
-            export_model(path, export)
-            tmp = info.path / ".model.zip.tmp"
-            with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
-                for file in sorted(export.rglob("*")):
-                    if file.is_file():
-                        entry = zipfile.ZipInfo(file.relative_to(export).as_posix(), time.localtime()[:6])
-                        entry.external_attr, entry.compress_type = 0o100644 << 16, zipfile.ZIP_DEFLATED
-                        zf.writestr(entry, file.read_bytes())
-            shutil.rmtree(export, ignore_errors=True)
-            os.replace(tmp, cached)
+        with self._zip_lock:
+            if not cached.is_file() or cached.stat().st_mtime < (path / "model_index.json").stat().st_mtime:
+                export = info.path / ".export"
+                shutil.rmtree(export, ignore_errors=True)
+                export_model(path, export)
+                tmp = info.path / ".model.zip.tmp"
+                with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
+                    for file in sorted(export.rglob("*")):
+                        if file.is_file():
+                            entry = zipfile.ZipInfo(file.relative_to(export).as_posix(), time.localtime()[:6])
+                            entry.external_attr, entry.compress_type = 0o100644 << 16, zipfile.ZIP_DEFLATED
+                            zf.writestr(entry, file.read_bytes())
+                shutil.rmtree(export, ignore_errors=True)
+                os.replace(tmp, cached)
         out = out_dir / f"{stem}-model.zip"
         try:
             os.link(cached, out)

@@ -17,6 +17,7 @@ ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
 WAIT_MS = 60_000
+FINISH_MS = 200_000  # the trainer runs at a lower priority than the server and the browser: slow on a busy machine
 
 
 @pytest.fixture(scope="module")
@@ -32,11 +33,32 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory, tiny_model_dir):
+def app_dir(tmp_path_factory, tiny_model_dir):
+    """(url, the app's working folder): the folder lets a failing test show the server's and the trainer's logs."""
     tmp = tmp_path_factory.mktemp("browser-app")
     proc, url, _ = launch_app(tmp, tiny_model_dir)
-    yield url
+    yield url, tmp
     stop_app(proc)
+
+
+@pytest.fixture(scope="module")
+def app_url(app_dir):
+    return app_dir[0]
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError as error:
+        return f"({error})"
+
+
+def logs(app_folder: Path) -> str:
+    """The server log's and every run's status and console tails, for a failure message."""
+    parts = [f"server.log:\n{tail(app_folder / 'server.log')}"]
+    for run in sorted((app_folder / "runs" / "runs").glob("*")):
+        parts.append(f"{run.name} run.json:\n{tail(run / 'run.json', 30)}\nconsole.txt:\n{tail(run / 'console.txt')}")
+    return "\n\n".join(parts)
 
 
 @pytest.fixture
@@ -90,8 +112,9 @@ def wide_zip(path: Path, n: int = 8) -> Path:
     return path
 
 
-def test_finetune_end_to_end(context, app_url, tmp_path):
+def test_finetune_end_to_end(context, app_dir, tmp_path):
     """Upload, report (with the fit), start, progress, a labelled grid, finish, download, generate with it."""
+    app_url, app_folder = app_dir
     page = context.new_page()
     page.goto(app_url)
     page.get_by_role("tab", name="Fine-tune").click()
@@ -122,8 +145,16 @@ def test_finetune_end_to_end(context, app_url, tmp_path):
     page.wait_for_function("img => img.complete && img.naturalHeight > 0", arg=grid.element_handle())
     size = grid.evaluate("img => [img.naturalWidth, img.naturalHeight]")
     assert size[0] % 128 == 0 and size[1] % 156 == 0, size
-    page.locator("#progress .t2i-progress[data-status=finished]").wait_for()
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.locator("#progress .t2i-progress:not([data-status=running])").wait_for(timeout=FINISH_MS)
+    except PlaywrightTimeout:
+        shot(page, "finetune-not-finished")
+        pytest.fail(f"the run did not end within {FINISH_MS / 1000:.0f} s; the page says: {progress.inner_text()!r}\n"
+                    f"{logs(app_folder)}")
     text = progress.inner_text()
+    assert progress.get_attribute("data-status") == "finished", f"{text!r}\n{logs(app_folder)}"
     assert "reached its step budget (6 steps)" in text and "24 images seen" in text, text
     shot(page, "finetune-finished")
     with page.expect_download() as download:

@@ -146,6 +146,21 @@ def test_the_download_is_flat_fp16_readable_and_drops_into_the_cli(tmp_path, tin
     assert len(list((tmp_path / "cache" / "models").iterdir())) == 1  # extracted once, keyed by the zip's hash
 
 
+def test_downloads_asked_at_once_all_get_the_whole_zip(tmp_path, tiny_model_dir):
+    """The page's timer can ask for the download again before the first zip is written (a slow machine)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    manager = RunManager(tmp_path / "runs")
+    run = _make_run(manager, "20250101-000001-aaaaaa", "alice", time.time(), tiny_model_dir)
+    for attempt in range(3):
+        (run.path / "model.zip").unlink(missing_ok=True)
+        with ThreadPoolExecutor(6) as pool:
+            archives = list(pool.map(lambda _: manager.zip_model(run.id, "alice"), range(6)))
+        for archive in archives:
+            with zipfile.ZipFile(archive) as zf:
+                assert zf.testzip() is None and "generator/config.json" in zf.namelist()
+
+
 def test_finished_runs_keep_no_checkpoints_stopped_ones_keep_their_last(tmp_path, tiny_model_dir):
     manager = RunManager(tmp_path / "runs")
     done = _make_run(manager, "20250101-000001-aaaaaa", "alice", time.time() - 20, tiny_model_dir)
