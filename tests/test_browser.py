@@ -112,6 +112,19 @@ def wide_zip(path: Path, n: int = 8) -> Path:
     return path
 
 
+def set_slider(page, elem_id: str, value: int, tries: int = 10) -> None:
+    """Type a value into a slider's number box until the slider itself shows it (a box typed into while its
+    accordion is still opening can be reset to the default)."""
+    box, bar = page.locator(f"#{elem_id} input[type=number]"), page.locator(f"#{elem_id} input[type=range]")
+    for _ in range(tries):
+        box.fill(str(value))
+        box.press("Tab")
+        page.wait_for_timeout(250)
+        if box.input_value() == str(value) and bar.input_value() == str(value):
+            return
+    raise AssertionError(f"#{elem_id} shows {box.input_value()!r} / {bar.input_value()!r}, not {value}")
+
+
 def test_finetune_end_to_end(context, app_dir, tmp_path):
     """Upload, report (with the fit), start, progress, a labelled grid, finish, download, generate with it."""
     app_url, app_folder = app_dir
@@ -125,10 +138,10 @@ def test_finetune_end_to_end(context, app_dir, tmp_path):
     assert page.locator("#fit input[value=pad]").is_checked()
     page.get_by_label("Name (optional)").fill("browser run")
     page.get_by_text("Advanced").click()
-    for elem_id, value in (("steps", "6"), ("batch-size", "4")):
-        box = page.locator(f"#{elem_id} input[type=number]")
-        box.fill(value)
-        box.press("Tab")
+    set_slider(page, "steps", 6)  # CI once lost this first value as the accordion opened and trained 1,000 steps
+    set_slider(page, "batch-size", 4)
+    for elem_id, value in (("steps", 6), ("batch-size", 4)):
+        assert page.locator(f"#{elem_id} input[type=range]").input_value() == str(value), elem_id
     page.locator("#start-btn").click()
     page.locator("#train-status").get_by_text("Started").wait_for()
 
