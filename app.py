@@ -8,6 +8,7 @@ at launch.
     python app.py        # serves on 0.0.0.0:7860; GRADIO_SERVER_NAME / GRADIO_SERVER_PORT override
     env: T2I_MODEL (model folder used as the shipped one), T2I_RUNS_DIR (./runs), T2I_MAX_RUNS (30),
          T2I_MAX_DISK_GB (5), T2I_MAX_UPLOAD_MB (200), T2I_BROWSER_SECRET (kept in the runs folder if unset)
+         T2I_MODEL_PROCESS (1: models in a process of their own, started first; 0: in the app's process)
 """
 
 from __future__ import annotations
@@ -24,6 +25,14 @@ from pathlib import Path
 # No network at start: no analytics or version check, no Hub lookups.
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+MODEL_PROCESS = None
+if __name__ == "__main__":
+    from t2i_app import model_process
+
+    if model_process.wanted():
+        # First, before the page's imports: the model loads in its own process meanwhile (t2i_app/model_process.py).
+        MODEL_PROCESS = model_process.ModelProcess(load="default")
 
 import gradio as gr  # noqa: E402
 
@@ -42,7 +51,12 @@ MODEL_CARD = ROOT / "assets" / "MODEL_CARD.md"
 MAX_UPLOAD_MB = int(os.environ.get("T2I_MAX_UPLOAD_MB") or 200)
 
 manager = RunManager.from_env()
-pipelines = PipelineCache(maxsize=3)
+if MODEL_PROCESS is not None:
+    from t2i_app.model_process import RemotePipelines
+
+    pipelines = RemotePipelines(MODEL_PROCESS)
+else:
+    pipelines = PipelineCache(maxsize=3)
 gate = Gate(manager.server_limits)  # prompt length and per-visitor rates (docs/SECURITY.md)
 
 GUIDANCE_MAX = 1.3  # pictures of the shipped model break from ~1.5 (bench/guidance_grid.py, docs/BENCHMARKS.md)
@@ -374,6 +388,8 @@ def main() -> None:
     cap_malloc_arenas()  # before the server's threads: memory freed by requests is reused, not kept per thread
     manager.open()
     atexit.register(manager.shutdown)
+    if MODEL_PROCESS is not None:
+        atexit.register(MODEL_PROCESS.close)
     # SIGTERM (a Space restarting, a test ending) runs atexit too, so a live run keeps its last checkpoint.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     demo.launch(
@@ -390,7 +406,7 @@ def main() -> None:
         footer_links=["api", "gradio", "settings"], theme=THEME, css=CSS,
     )
     default = manager.default_model_path()
-    if default is not None:
+    if default is not None and MODEL_PROCESS is None:  # a model process loads it by itself
         # Load the model now rather than on the first click; the page is already being served.
         threading.Thread(target=pipelines.get, args=(default,), daemon=True).start()
     demo.block_thread()

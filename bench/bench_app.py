@@ -63,9 +63,9 @@ def training_zip(path: Path, n: int = 64, size: int = 64) -> Path:
     return path
 
 
-def start_app(model: Path, runs: Path, port: int) -> tuple[subprocess.Popen, float]:
+def start_app(model: Path, runs: Path, port: int, **extra_env: str) -> tuple[subprocess.Popen, float]:
     env = dict(os.environ, T2I_MODEL=str(model), T2I_RUNS_DIR=str(runs), GRADIO_SERVER_PORT=str(port),
-               GRADIO_SERVER_NAME="127.0.0.1", HF_HUB_OFFLINE="1")
+               GRADIO_SERVER_NAME="127.0.0.1", HF_HUB_OFFLINE="1", **extra_env)
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], env=env, cwd=runs.parent,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -90,7 +90,8 @@ def serves(url: str) -> bool:
 
 
 class RssMonitor(threading.Thread):
-    """Samples a process's resident memory every second; `peak` and `last` in bytes."""
+    """Samples the server's resident memory every second, with its model process's (t2i_app.model_process) but not
+    the trainer's; `peak` and `last` in bytes."""
 
     def __init__(self, pid: int):
         import psutil
@@ -100,7 +101,16 @@ class RssMonitor(threading.Thread):
         self.series: list[tuple[float, int]] = []  # (time.monotonic(), bytes) of every sample
 
     def sample(self) -> int:
-        self.last = self.process.memory_info().rss
+        import psutil
+
+        rss = self.process.memory_info().rss
+        for child in self.process.children():
+            try:
+                if "t2i_app.model_process" in " ".join(child.cmdline()):
+                    rss += child.memory_info().rss
+            except psutil.Error:  # a child that just ended
+                pass
+        self.last = rss
         self.peak = max(self.peak, self.last)
         self.series.append((time.monotonic(), self.last))
         return self.last

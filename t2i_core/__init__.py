@@ -12,7 +12,7 @@ MAX_SEED = 2**32 - 1  # seeds are integers 0..MAX_SEED; here so the CLI can chec
 _EXPORTS = {
     "Discriminator": ".models.discriminator",
     "Generator": ".models.generator",
-    "T2IOutput": ".pipeline",
+    "T2IOutput": ".output",
     "T2IPipeline": ".pipeline",
     "save_model_folder": ".pipeline",
     "merge_models": ".models.merge",

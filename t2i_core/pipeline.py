@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import random
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -18,20 +17,11 @@ from .models.folder import (DEFAULT_MODEL_DIR, PRECISIONS, check_model_folder, d
 from .models.bank import ExemplarBank
 from .models.folder import load_bank
 from .models.generator import Generator
+from .output import T2IOutput  # noqa: F401 - public here too
 from .text import DEFAULT_TEXT_ENCODER, TextEmbedding, TextEncoder, load_text_encoder  # noqa: F401
 
 MAX_IMAGES = 64
 MAX_EXEMPLARS = 3
-
-@dataclass
-class T2IOutput:
-    """images: PIL RGB images, prompt-major (all images of prompt 0, then prompt 1, ...); seeds and prompts: one per image."""
-
-    images: list[Image.Image]
-    seeds: list[int]
-    prompts: list[str] = field(default_factory=list)
-    # Per image: the bank entries it drew on, as (caption, bank index) pairs, best match first ([] = none).
-    exemplars: list[list[tuple[str, int]]] = field(default_factory=list)
 
 
 def noise_for_seeds(seeds: list[int], z_dim: int) -> torch.Tensor:
