@@ -26,21 +26,16 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-MODEL_PROCESS = None
-if __name__ == "__main__":
-    from t2i_app import model_process
+from t2i_app import model_process  # noqa: E402 - first (stdlib only): the models load while the page's imports run
 
-    if model_process.wanted():
-        # First, before the page's imports: the model loads in its own process meanwhile (t2i_app/model_process.py).
-        MODEL_PROCESS = model_process.ModelProcess(load="default")
-
+MODEL_PROCESS = model_process.start_if_wanted() if __name__ == "__main__" else None
 import gradio as gr  # noqa: E402
 
-from t2i_app import DEFAULT_MODEL_KEY, RUNNING, SCRATCH_KEY, BusyError, PipelineCache, RunManager  # noqa: E402
+from t2i_app import RUNNING, SCRATCH_KEY, BusyError, PipelineCache, RunManager, views  # noqa: E402
 from t2i_app.limits import Gate, animate_cost, cap_malloc_arenas, client_address, door_guard, generate_cost  # noqa
 from t2i_app.views import (  # noqa: E402
     CREDITS, CSS, EMPTY_PROMPT, EXAMPLES, FINETUNE_INTRO, GUIDANCE_HINT, NO_DEFAULT_MODEL, NO_RUN_YET, READ_LOSSES,
-    SIZES, about_sections, as_files, chosen_seed, exemplar_items, first_value, identify, loss_frame, model_label,
+    SIZES, about_sections, as_files, chosen_seed, exemplar_items, first_value, identify, loss_frame,
     new_sample, progress_html, run_summary, seed_status,
 )
 from t2i_core import MAX_SEED  # noqa: E402
@@ -51,12 +46,7 @@ MODEL_CARD = ROOT / "assets" / "MODEL_CARD.md"
 MAX_UPLOAD_MB = int(os.environ.get("T2I_MAX_UPLOAD_MB") or 200)
 
 manager = RunManager.from_env()
-if MODEL_PROCESS is not None:
-    from t2i_app.model_process import RemotePipelines
-
-    pipelines = RemotePipelines(MODEL_PROCESS)
-else:
-    pipelines = PipelineCache(maxsize=3)
+pipelines = model_process.RemotePipelines(MODEL_PROCESS) if MODEL_PROCESS else PipelineCache(maxsize=3)
 gate = Gate(manager.server_limits)  # prompt length and per-visitor rates (docs/SECURITY.md)
 
 GUIDANCE_MAX = 1.3  # pictures of the shipped model break from ~1.5 (bench/guidance_grid.py, docs/BENCHMARKS.md)
@@ -67,16 +57,8 @@ GUIDANCE_MAX = 1.3  # pictures of the shipped model break from ~1.5 (bench/guida
 owner_of = functools.partial(identify, ids=manager.owner_ids)  # server-signed ids; a forged one gets a fresh one
 
 
-def model_choices(owner: str) -> list[tuple[str, str]]:
-    """The Generate tab's models: the shipped one (if trained), the owner's fine-tunes, then shared ones."""
-    shipped = [("Shipped emoji model", DEFAULT_MODEL_KEY)] if manager.default_model_path() else []
-    return shipped + [(model_label(r, owner), r.id) for r in manager.models(owner)]
-
-
-def base_choices(owner: str) -> list[tuple[str, str]]:
-    shipped = [("Shipped emoji model", DEFAULT_MODEL_KEY)] if manager.default_model_path() else []
-    scratch = [("From scratch (random start: needs a long run)", SCRATCH_KEY)]
-    return shipped + scratch + [(model_label(r, owner), r.id) for r in manager.models(owner)]
+model_choices = functools.partial(views.model_choices, manager)  # the Generate tab's (key, label) list
+base_choices = functools.partial(views.base_choices, manager)  # the Fine-tune tab's "Start from"
 
 
 def list_models(owner: str | None, request: gr.Request) -> list[list[str]]:
@@ -388,8 +370,6 @@ def main() -> None:
     cap_malloc_arenas()  # before the server's threads: memory freed by requests is reused, not kept per thread
     manager.open()
     atexit.register(manager.shutdown)
-    if MODEL_PROCESS is not None:
-        atexit.register(MODEL_PROCESS.close)
     # SIGTERM (a Space restarting, a test ending) runs atexit too, so a live run keeps its last checkpoint.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     demo.launch(

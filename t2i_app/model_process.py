@@ -17,6 +17,7 @@ the next request starts a new one. T2I_MODEL_PROCESS=0 keeps the models in the a
 
 from __future__ import annotations
 
+import atexit
 import os
 import secrets
 import shutil
@@ -38,6 +39,11 @@ def wanted(environ=os.environ) -> bool:
     return environ.get("T2I_MODEL_PROCESS", "1") != "0"
 
 
+def start_if_wanted(environ=os.environ) -> ModelProcess | None:
+    """app.py's first step: a model process loading the shipped model, unless T2I_MODEL_PROCESS=0."""
+    return ModelProcess(load="default") if wanted(environ) else None
+
+
 class ModelProcessError(RuntimeError):
     """The model process failed or stopped; the message says what to do."""
 
@@ -55,6 +61,7 @@ class ModelProcess:
         self._idle: list = []  # open connections no request is using
         self.proc: subprocess.Popen | None = None
         self.start()
+        atexit.register(self.close)  # the app's exit (SIGTERM included) ends it; a SIGKILL is seen by the process
 
     def start(self) -> None:
         with self._lock:

@@ -11,7 +11,8 @@ from pathlib import Path
 from t2i_core import MAX_SEED
 
 from .limits import OwnerIds
-from .store import FAILED, FINISHED, INTERRUPTED, PLOTTED_LOSSES, RUNNING, STOPPED, Progress, RunInfo, check_owner
+from .store import (DEFAULT_MODEL_KEY, FAILED, FINISHED, INTERRUPTED, PLOTTED_LOSSES, RUNNING, SCRATCH_KEY, STOPPED,
+                    Progress, RunInfo, check_owner)
 
 
 def identify(owner: str | None, request, ids: OwnerIds) -> str:
@@ -217,6 +218,19 @@ CSS = """
 #sample img {width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated}
 #exemplars .grid-container {grid-template-columns: repeat(8, minmax(0, 1fr)) !important}
 """
+
+
+def model_choices(manager, owner: str) -> list[tuple[str, str]]:
+    """The Generate tab's models: the shipped one (if trained), the owner's fine-tunes, then shared ones."""
+    shipped = [("Shipped emoji model", DEFAULT_MODEL_KEY)] if manager.default_model_path() else []
+    return shipped + [(model_label(r, owner), r.id) for r in manager.models(owner)]
+
+
+def base_choices(manager, owner: str) -> list[tuple[str, str]]:
+    """What a fine-tune may start from: the shipped model, a random start, then the models of model_choices."""
+    shipped = [("Shipped emoji model", DEFAULT_MODEL_KEY)] if manager.default_model_path() else []
+    scratch = [("From scratch (random start: needs a long run)", SCRATCH_KEY)]
+    return shipped + scratch + [(model_label(r, owner), r.id) for r in manager.models(owner)]
 
 
 def exemplar_items(pipe, out) -> list[tuple]:

@@ -11,8 +11,8 @@ import sizes
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Part -> the parts it may import. "root" is t2i_core/__init__.py (version, MAX_SEED, lazy exports); "images" and
-# "video" are leaves (tensors to PIL, frames to files) that import no other part.
+# Part -> the parts it may import. "root" is t2i_core/__init__.py (version, MAX_SEED, lazy exports); "images",
+# "video" and "output" are leaves (tensors to PIL, frames to files, T2IOutput) that import no other part.
 ALLOWED = {
     "root": set(),
     "images": set(),
@@ -20,7 +20,8 @@ ALLOWED = {
     "text": set(),
     "models": set(),
     "data": set(),
-    "pipeline": {"models", "text", "images"},
+    "output": set(),
+    "pipeline": {"models", "text", "images", "output"},
     "training": {"models", "text", "data", "images"},
     "evaluation": {"pipeline", "models", "text", "data", "images"},
     "cli": {"pipeline", "training", "evaluation", "models", "text", "data", "images", "video"},
