@@ -21,6 +21,8 @@ import atexit
 import os
 import secrets
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -35,8 +37,13 @@ METHODS = ("__call__", "interpolate", "exemplar_images")  # what the app may cal
 
 
 def wanted(environ=os.environ) -> bool:
-    """Whether app.py should keep its models in a model process (T2I_MODEL_PROCESS, default on)."""
-    return environ.get("T2I_MODEL_PROCESS", "1") != "0"
+    """Whether app.py should keep its models in a model process: T2I_MODEL_PROCESS=1 or 0 decides; by default, yes
+    where there are two cores or more to load side by side (on one, a second process only costs memory) and Unix
+    sockets exist."""
+    choice = environ.get("T2I_MODEL_PROCESS", "")
+    if choice in ("0", "1"):
+        return choice == "1"
+    return (os.cpu_count() or 1) >= 2 and hasattr(socket, "AF_UNIX")
 
 
 def start_if_wanted(environ=os.environ) -> ModelProcess | None:
@@ -208,6 +215,7 @@ def _exit_with(parent: int) -> None:
 def serve(address: str, authkey: bytes, parent: int | None = None, load: str | None = None) -> None:
     """Listen first, then import and load: the app can connect at once, its requests wait for the model."""
     listener = Listener(address, family="AF_UNIX", authkey=authkey)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C meant for the app: the app's exit ends this process
     if parent is not None:
         threading.Thread(target=_exit_with, args=(parent,), daemon=True, name="t2i-parent").start()
     from .limits import cap_malloc_arenas

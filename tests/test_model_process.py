@@ -95,3 +95,14 @@ def test_a_process_that_exited_before_listening_says_so():
             broken._connect()
     finally:
         broken.close()
+
+
+def test_one_core_keeps_one_process_unless_asked(monkeypatch):
+    from t2i_app import model_process
+
+    assert model_process.wanted({"T2I_MODEL_PROCESS": "0"}) is False
+    assert model_process.wanted({"T2I_MODEL_PROCESS": "1"}) is True
+    monkeypatch.setattr(model_process.os, "cpu_count", lambda: 1)
+    assert model_process.wanted({}) is False  # nothing to load side by side on: a second process only costs memory
+    monkeypatch.setattr(model_process.os, "cpu_count", lambda: 2)
+    assert model_process.wanted({}) is True
